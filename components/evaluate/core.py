@@ -1,0 +1,80 @@
+"""Evaluate a stage checkpoint on the test split: per-task AUC, logloss and gAUC -> report.json.
+
+Evaluation runs the plain unsharded export (model.pt) in one process, as serving would.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.evaluate.metrics import auc, gauc, logloss
+from components.train import checkpoint
+from components.train.data import load_split, make_batch
+from models.registry import build_model
+from pipelines.config import Config
+
+
+@torch.no_grad()
+def predict(model, cols, batch_size: int = 8192) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, cols.rows, batch_size):
+        kjt, _ = make_batch(cols, np.arange(start, min(start + batch_size, cols.rows)))
+        out.append(torch.sigmoid(model(kjt)).double().numpy())
+    return np.concatenate(out)
+
+
+def task_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray, tasks: list[str]) -> dict:
+    return {
+        "auc": {t: auc(labels[:, i], probs[:, i]) for i, t in enumerate(tasks)},
+        "logloss": {t: logloss(labels[:, i], probs[:, i]) for i, t in enumerate(tasks)},
+        "gauc": {t: gauc(labels[:, i], probs[:, i], users) for i, t in enumerate(tasks)},
+    }
+
+
+def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") -> tuple[dict, dict]:
+    """Return (metrics, stage meta) of one stage checkpoint."""
+    meta = checkpoint.read_meta(ckpt_dir)
+    cfg = Config.model_validate(meta["config"])
+    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    cols = load_split(dataset_dir, spec, split, cfg.tasks)
+    model = build_model(cfg.model, spec, len(cfg.tasks), device="cpu")
+    checkpoint.load_unsharded(ckpt_dir, model)
+    probs = predict(model, cols)
+    users = cols.single[:, list(spec["sparse"]).index("user_id")] if "user_id" in spec["sparse"] else np.zeros(cols.rows)
+    return task_metrics(cols.labels, probs, users, cfg.tasks), meta
+
+
+def build_report(final_ckpt: str, dataset_dir: str) -> dict:
+    metrics, meta = evaluate_checkpoint(final_ckpt, dataset_dir)
+    return {
+        "tasks": meta["tasks"],
+        "methods": {"nmt": metrics},
+        "stages": [{"task": s["task"], "frozen_optima": s["frozen_optima"], "lambda_final": s["lambda_final"],
+                    "epochs": s["epochs"], "valid_loss": s["valid_loss"]} for s in meta["stages"]],
+    }
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic write: a reader never sees a half-written report."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def summary_table(report: dict) -> str:
+    tasks = report["tasks"]
+    rows = [["method"] + [f"{t} AUC" for t in tasks]]
+    for name, m in report["methods"].items():
+        rows.append([name] + [f"{m['auc'][t]:.4f}" for t in tasks])
+    if "oracle_auc" in report:
+        rows.append(["oracle"] + [f"{report['oracle_auc'][t]:.4f}" for t in tasks])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

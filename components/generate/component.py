@@ -1,0 +1,18 @@
+"""KFP wrapper: synthetic Tenrec-schema CSV (and the true probabilities) as a Dataset artifact."""
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+
+def generate_synthetic(config_json: str, raw: Output[Dataset]):
+    import json
+    import os
+
+    from components.generate.core import SyntheticSpec, generate
+    from components.logs import setup_logging
+
+    setup_logging()
+    cfg = json.loads(config_json)
+    os.makedirs(raw.path, exist_ok=True)
+    spec = SyntheticSpec(seed=cfg["seed"], **cfg["data"]["synthetic"])
+    rows = generate(spec, os.path.join(raw.path, "data.csv"), os.path.join(raw.path, "truth.parquet"))
+    raw.metadata["rows"] = rows

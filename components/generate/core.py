@@ -1,0 +1,156 @@
+"""Synthetic Tenrec `ctr_data_1M`-schema CSV with planted multi-task structure.
+
+Users and items carry latent factors. Click depends on one item factor, like (only on clicked rows) on
+a second factor that partly opposes the first, so a shared representation must trade the two tasks
+off: joint training with equal weights measurably costs the higher-priority task. The true
+probabilities of every row are written beside the CSV so evaluation can report an oracle AUC.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+COLUMNS = ["user_id", "item_id", "click", "follow", "like", "share", "video_category",
+           "watching_times", "gender", "age"] + [f"hist_{i}" for i in range(1, 11)]
+LABELS = ["click", "like", "follow", "share"]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    rows: int = 50_000
+    users: int = 2_000
+    items: int = 3_000
+    latent_dim: int = 8
+    seed: int = 0
+    click_rate: float = 0.24  # share of rows (Tenrec ctr_data: 24%)
+    like_rate: float = 0.019  # share of rows, only on clicks (Tenrec: 1.9%)
+    conflict: float = -0.5  # correlation of the like factor with the click factor
+    null_category: float = 0.01  # share of `\N` in video_category
+    duplicates: float = 0.005  # share of rows repeated verbatim
+    chunk_rows: int = 200_000
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class _World:
+    """Latent factors of users and items, drawn once from the seed."""
+
+    def __init__(self, s: SyntheticSpec):
+        rng = np.random.default_rng([s.seed, 1])
+        d = s.latent_dim
+        self.user = rng.normal(size=(s.users, d)) / np.sqrt(d) * 2.0
+        click_f = rng.normal(size=(s.items, d)) / np.sqrt(d) * 2.0
+        other = rng.normal(size=(s.items, d)) / np.sqrt(d) * 2.0
+        self.item_click = click_f
+        self.item_like = s.conflict * click_f + np.sqrt(1 - s.conflict**2) * other
+        self.item_bias = rng.normal(scale=0.5, size=s.items)
+        self.item_pop = rng.zipf(1.6, size=s.items).astype(float)
+        self.item_pop /= self.item_pop.sum()
+        self.category = (self.item_like[:, 0] > 0).astype(np.int64)
+        self.gender = rng.integers(0, 3, size=s.users)
+        self.age = np.clip((self.user[:, 1] * 2 + 3.5).round(), 0, 7).astype(np.int64)
+        hist = rng.choice(s.items, size=(s.users, 10), p=self.item_pop) + 1
+        pad = rng.integers(0, 11, size=s.users)  # number of padded (0) slots per user
+        hist[np.arange(10)[None, :] >= (10 - pad)[:, None]] = 0
+        self.hist = hist
+        self.click_bias, self.like_bias = self._calibrate(s, rng)
+
+    def logits(self, users, items):
+        click = (self.user[users] * self.item_click[items]).sum(1) + self.item_bias[items]
+        like = (self.user[users] * self.item_like[items]).sum(1) * 1.5
+        return click, like
+
+    def _calibrate(self, s, rng):
+        """Choose the two biases so the label rates match the spec (bisection on a sample)."""
+        u = rng.integers(0, s.users, 100_000)
+        i = rng.choice(s.items, 100_000, p=self.item_pop)
+        click, like = self.logits(u, i)
+
+        def solve(f, target):
+            lo, hi = -20.0, 20.0
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+            return (lo + hi) / 2
+
+        cb = solve(lambda b: _sigmoid(click + b).mean(), s.click_rate)
+        pc = _sigmoid(click + cb)
+        lb = solve(lambda b: (pc * _sigmoid(like + b)).mean(), s.like_rate)
+        return cb, lb
+
+
+def generate(spec: SyntheticSpec, out_csv: str | Path, truth_path: str | Path | None = None) -> int:
+    """Write `spec.rows` rows (plus planted duplicates) to out_csv; return the number written.
+
+    Writes to temporary names and renames at the end, so a crash never leaves a file that looks
+    complete. `truth_path` (Parquet) receives p_click/p_like/p_follow/p_share in row order.
+    """
+    out_csv = Path(out_csv)
+    world = _World(spec)
+    rng = np.random.default_rng([spec.seed, 2])
+    tmp_csv = out_csv.with_name(out_csv.name + ".tmp")
+    tmp_truth = Path(str(truth_path) + ".tmp") if truth_path else None
+    written = 0
+    truth_writer = None
+    with open(tmp_csv, "wb") as sink:
+        sink.write((",".join(COLUMNS) + "\n").encode())
+        remaining = spec.rows
+        while remaining > 0:
+            n = min(spec.chunk_rows, remaining)
+            remaining -= n
+            table, truth = _chunk(world, spec, rng, n)
+            pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            if tmp_truth is not None:
+                if truth_writer is None:
+                    truth_writer = pq.ParquetWriter(tmp_truth, truth.schema)
+                truth_writer.write_table(truth)
+            written += table.num_rows
+    if truth_writer is not None:
+        truth_writer.close()
+        os.replace(tmp_truth, truth_path)
+    os.replace(tmp_csv, out_csv)
+    return written
+
+
+def _chunk(world: _World, s: SyntheticSpec, rng, n: int):
+    users = rng.integers(0, s.users, n)
+    items = rng.choice(s.items, n, p=world.item_pop)
+    click_logit, like_logit = world.logits(users, items)
+    p_click = _sigmoid(click_logit + world.click_bias)
+    p_like_given_click = _sigmoid(like_logit + world.like_bias)
+    p_follow_given_click = _sigmoid(like_logit + world.like_bias - 2.5)
+    p_share_given_click = _sigmoid(0.5 * like_logit + world.like_bias - 2.0)
+    click = rng.random(n) < p_click
+    like = click & (rng.random(n) < p_like_given_click)
+    follow = click & (rng.random(n) < p_follow_given_click)
+    share = click & (rng.random(n) < p_share_given_click)
+    watching = np.where(click, rng.poisson(1.0, n) + 1, 0)
+    category = world.category[items].astype(str).astype(object)
+    category[rng.random(n) < s.null_category] = "\\N"
+    # duplicates: repeat a few rows verbatim (the real file has ~0.7% exact duplicates)
+    idx = np.arange(n)
+    dup = idx[rng.random(n) < s.duplicates]
+    idx = np.sort(np.concatenate([idx, dup]))
+    cols = {
+        "user_id": users + 1, "item_id": items + 1, "click": click.astype(np.int64),
+        "follow": follow.astype(np.int64), "like": like.astype(np.int64), "share": share.astype(np.int64),
+        "video_category": category, "watching_times": watching, "gender": world.gender[users],
+        "age": world.age[users],
+    }
+    hist = world.hist[users]
+    for k in range(10):
+        cols[f"hist_{k + 1}"] = hist[:, k]
+    table = pa.table({c: pa.array(cols[c][idx]) for c in COLUMNS})
+    truth = pa.table({
+        "p_click": p_click[idx], "p_like": (p_click * p_like_given_click)[idx],
+        "p_follow": (p_click * p_follow_given_click)[idx], "p_share": (p_click * p_share_given_click)[idx],
+    })
+    return table, truth

@@ -1,0 +1,93 @@
+"""Train one NMT stage: the component core, runnable without KFP.
+
+Stage k (0-based) trains task `tasks[k]`; for k > 0 it starts from stage k-1's checkpoint and keeps
+every higher task at its frozen optimum through the Lagrangian objective. The config a stage sees has
+`tasks` cut to `tasks[:k+1]`, so appending a lower-priority task leaves stages 1..k unchanged
+(their KFP cache keys stay the same).
+
+The frozen optimum f_k(θ*) is the exact mean training loss of task k over one pass at the stage's
+final (best-validation) parameters: the constraint in later stages compares training-batch losses
+with it, so both sides are measured on the same data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from components.train import checkpoint
+from components.train.data import load_split
+from components.train.distributed import init_process_group, shard
+from components.train.loop import mean_losses, train_stage
+from components.train.objectives import NMTStage, SingleTask
+from models.registry import build_model
+from pipelines.config import Config
+
+log = logging.getLogger("nmtrec.train")
+
+
+def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
+    """Refuse a previous-stage checkpoint from another model, task order or stage."""
+    want = cfg.tasks[:stage]
+    if meta.get("tasks") != want:
+        raise checkpoint.CheckpointError(
+            f"{where}: checkpoint was trained for tasks {meta.get('tasks')} but stage {stage + 1} "
+            f"needs the higher-priority tasks {want} in this order (priorities changed? retrain from stage 1)")
+    if meta.get("model_hash") != cfg.model_hash():
+        raise checkpoint.CheckpointError(
+            f"{where}: checkpoint model/features hash {meta.get('model_hash')} differs from this config's "
+            f"{cfg.model_hash()} (model or features changed: retrain from stage 1)")
+
+
+def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None) -> dict:
+    if not 0 <= stage < len(cfg.tasks):
+        raise ValueError(f"stage {stage + 1} does not exist for tasks {cfg.tasks}")
+    cfg = cfg.model_copy(update={"tasks": cfg.tasks[:stage + 1]})
+    task = cfg.tasks[stage]
+    label = f"stage {stage + 1} ({task})"
+    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    prev = None
+    if stage > 0:
+        if previous_dir is None:
+            raise ValueError(f"{label}: needs the checkpoint of stage {stage}")
+        prev = checkpoint.read_meta(previous_dir)
+        check_previous(prev, cfg, stage, previous_dir)
+
+    device = init_process_group()
+    torch.manual_seed(cfg.seed + stage)
+    train = load_split(dataset_dir, spec, "train", cfg.tasks)
+    valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
+    model = build_model(cfg.model, spec, len(cfg.tasks))
+    dmp, dense_opt, plan = shard(model, device, cfg.train.embedding_lr, cfg.train.lr, cfg.train.sharding)
+    if dist.get_rank() == 0:
+        log.info("%s sharding plan:\n%s", label, plan)
+    if prev is not None:
+        checkpoint.load_into(previous_dir, dmp, allow_new_heads=True)
+
+    frozen = {j: prev["frozen_optima"][cfg.tasks[j]] for j in range(stage)} if prev else {}
+    n = cfg.nmt
+    objective = NMTStage(stage, frozen, n.lambda_init, n.tau, n.tolerance, n.ema) if stage else SingleTask(0)
+    meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "model_hash": cfg.model_hash(),
+            "config": json.loads(cfg.to_json()), "plan": str(plan)}
+    with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as best_dir:
+        history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
+                              batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
+                              patience=cfg.train.patience, seed=cfg.seed + stage,
+                              best_dir=Path(best_dir) / "best", meta=meta, label=label)
+    train_loss = mean_losses(dmp, train, cfg.train.batch_size)
+    valid_loss = mean_losses(dmp, valid, cfg.train.batch_size)
+    frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: float(train_loss[stage])}
+    stage_record = {
+        "task": task, "frozen_optima": frozen_optima, "lambda_final": {cfg.tasks[j]: v for j, v in
+                                                                      objective.state().get("lambda", {}).items()},
+        "train_loss": {t: float(train_loss[i]) for i, t in enumerate(cfg.tasks)},
+        "valid_loss": {t: float(valid_loss[i]) for i, t in enumerate(cfg.tasks)},
+        "epochs": history["epochs"], "history": history,
+    }
+    meta.update(frozen_optima=frozen_optima, stages=(prev["stages"] if prev else []) + [stage_record])
+    checkpoint.save(out_dir, dmp, meta)
+    return meta

@@ -1,0 +1,88 @@
+"""The training loop of one stage: epochs until validation stops improving (or a maximum).
+
+Validation-based stopping means no epoch count needs tuning; the best parameters seen (by the stage
+task's validation loss) are kept in a checkpoint and restored at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from components.train import checkpoint
+from components.train.data import Columns, batches, eval_batches, num_batches
+
+log = logging.getLogger("nmtrec.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy per task: [num_tasks]."""
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+
+
+@torch.no_grad()
+def mean_losses(model, cols: Columns, batch_size: int) -> torch.Tensor:
+    """Exact mean loss per task over a whole split (all ranks together), float64."""
+    model.eval()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    total = torch.zeros(cols.labels.shape[1] + 1, dtype=torch.float64)
+    for kjt, labels, mask in eval_batches(cols, batch_size, rank, world):
+        per_row = F.binary_cross_entropy_with_logits(model(kjt), labels, reduction="none")
+        total[:-1] += (per_row * mask[:, None]).sum(0).double()
+        total[-1] += mask.sum().double()
+    dist.all_reduce(total)
+    model.train()
+    return total[:-1] / total[-1]
+
+
+def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
+                max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "") -> dict:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    steps_per_epoch = num_batches(train, batch_size, world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"training split has {train.rows} rows: fewer than batch_size ({batch_size}) "
+                         f"x processes ({world}); lower train.batch_size")
+    history = {"step": [], "loss": [], "lambda": [], "valid": []}
+    best, bad, step = math.inf, 0, 0
+    for epoch in range(max_epochs):
+        model.train()
+        bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch), total=steps_per_epoch,
+                   desc=f"{label} epoch {epoch + 1}", disable=rank != 0, leave=False)
+        for kjt, labels in bar:
+            losses = task_losses(model(kjt), labels)
+            loss = objective.loss(losses)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"{label}: loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+            dense_opt.zero_grad()
+            loss.backward()
+            dense_opt.step()
+            objective.after_step(losses.detach())
+            step += 1
+            history["step"].append(step)
+            history["loss"].append([float(x) for x in losses.detach()])
+            history["lambda"].append(objective.state().get("lambda", {}))
+        val = mean_losses(model, valid, batch_size)
+        history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
+        score = float(val[stage_task])
+        if rank == 0:
+            log.info("%s epoch %d: valid loss %s (stage task %.5f)", label, epoch + 1,
+                     [round(float(x), 5) for x in val], score)
+        if score < best - 1e-6:
+            best, bad = score, 0
+            checkpoint.save(best_dir, model, {**meta, "epoch": epoch + 1, "step": step})
+        else:
+            bad += 1
+            if bad > patience:
+                break
+    checkpoint.load_into(best_dir, model)
+    history["best_valid_loss"] = best
+    history["epochs"] = epoch + 1
+    return history

@@ -1,0 +1,137 @@
+"""Run configuration: one YAML file describes data, tasks (in priority order), model and training.
+
+Validated with pydantic so that a bad file fails early with the offending key named.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticConfig(_Strict):
+    rows: int = Field(50_000, gt=0)
+    users: int = Field(2_000, gt=0)
+    items: int = Field(3_000, gt=0)
+    latent_dim: int = Field(8, gt=0)
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "tenrec", "tiktok"] = "synthetic"
+    path: Optional[str] = None  # CSV file (tenrec/tiktok); ignored for synthetic
+    synthetic: SyntheticConfig = SyntheticConfig()
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    min_count: int = Field(1, ge=1)
+    chunk_bytes: int = Field(64 << 20, gt=0)
+    runner: str = "DirectRunner"
+    num_workers: int = Field(1, ge=1)
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v):
+        if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"train/valid/test fractions must be >= 0 and sum to 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_for_files(self):
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class FeatureConfig(_Strict):
+    # single-id categorical columns, each its own embedding table
+    sparse: list[str] = ["user_id", "item_id", "video_category", "gender", "age"]
+    # multi-id bag features: name -> columns; they share the table of `table`
+    bags: dict[str, list[str]] = {"hist": [f"hist_{i}" for i in range(1, 11)]}
+    bag_tables: dict[str, str] = {"hist": "item_id"}
+
+
+class ModelConfig(_Strict):
+    arch: Literal["mmoe"] = "mmoe"
+    embedding_dim: int = Field(16, gt=0)
+    num_experts: int = Field(4, gt=0)
+    expert_dims: list[int] = [64]
+    tower_dims: list[int] = [32]
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    embedding_lr: float = Field(0.05, gt=0)
+    max_epochs: int = Field(8, gt=0)
+    patience: int = Field(1, ge=0)  # epochs without validation improvement before stopping
+    nproc: int = Field(1, ge=1)
+    # sharding types the planner may choose from (CPU/gloo: data_parallel, table_wise, column_wise,
+    # table_column_wise; row_wise needs CUDA)
+    sharding: list[str] = ["table_wise"]
+
+
+class NMTConfig(_Strict):
+    lambda_init: float = Field(0.0, ge=0)
+    tau: float = Field(0.05, gt=0)  # multiplier step
+    tolerance: float = Field(0.0, ge=0)  # r_j: allowed excess over the frozen optimum
+    ema: float = Field(0.9, ge=0, lt=1)  # smoothing of the per-batch constraint before the λ step
+
+
+class Config(_Strict):
+    name: str = "nmtrec"
+    seed: int = 0
+    tasks: list[str] = Field(min_length=1)
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    nmt: NMTConfig = NMTConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks must be distinct, got {v}")
+        return v
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.model_validate_json(text)
+
+    def model_hash(self) -> str:
+        """Identity of what a checkpoint depends on: features and model (not data sizes or lr)."""
+        key = {"features": self.features.model_dump(), "model": self.model.model_dump()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            lines.append(f"  {key}: {err['msg']}")
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(lines)) from None

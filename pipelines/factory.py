@@ -1,0 +1,76 @@
+"""One pipeline factory for every target: kfp.local runs, compiled YAML and cluster submission.
+
+preprocess -> train stage 1 (tasks[0]) -> ... -> train stage m -> evaluate. Each stage receives the
+previous stage's checkpoint artifact. Each step gets only the part of the config it depends on, so
+KFP's cache keys change only when that step's inputs really change.
+"""
+
+import re
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from components.evaluate.component import evaluate
+from components.generate.component import generate_synthetic
+from components.preprocess.component import preprocess_dataset, preprocess_file
+from components.train.component import train_stage
+from pipelines.config import Config
+
+DEFAULT_IMAGE = "ghcr.io/nmtrec/nmtrec-cpu:0.1.0"
+
+
+@dataclass(frozen=True)
+class Ops:
+    generate: object
+    preprocess_dataset: object
+    preprocess_file: object
+    train_stage: object
+    evaluate: object
+
+
+def make_ops(image: str = DEFAULT_IMAGE) -> Ops:
+    """Wrap the component functions; the project image already holds kfp and the project."""
+    def op(fn):
+        return dsl.component(fn, base_image=image, install_kfp_package=False)
+    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage), op(evaluate))
+
+
+def data_config_json(cfg: Config) -> str:
+    """What preprocessing depends on (not tasks, model or training)."""
+    return cfg.model_copy(update={"name": "", "tasks": ["-"], "model": type(cfg.model)(),
+                                  "train": type(cfg.train)(), "nmt": type(cfg.nmt)()}).to_json()
+
+
+def stage_config_json(cfg: Config, stage: int) -> str:
+    """What stage k depends on: tasks[:k+1] and everything but the run name."""
+    return cfg.model_copy(update={"name": "", "tasks": cfg.tasks[:stage + 1]}).to_json()
+
+
+def pipeline_name(cfg: Config) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", cfg.name.lower()).strip("-") or "nmtrec"
+
+
+def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
+    ops = make_ops(image)
+
+    @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}")
+    def nmt_pipeline() -> dsl.Artifact:
+        data_json = data_config_json(cfg)
+        if cfg.data.source == "synthetic":
+            raw = ops.generate(config_json=data_json).set_display_name("generate-synthetic")
+            prep = ops.preprocess_dataset(config_json=data_json, raw=raw.outputs["raw"])
+        else:
+            prep = ops.preprocess_file(config_json=data_json, source_path=cfg.data.path)
+        prep.set_display_name("preprocess")
+        dataset = prep.outputs["dataset"]
+        previous = None
+        for k, task in enumerate(cfg.tasks):
+            inputs = {"previous": previous} if previous is not None else {}
+            step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
+            step.set_display_name(f"stage-{k + 1}-{task}")
+            previous = step.outputs["checkpoint"]
+        ev = ops.evaluate(config_json=stage_config_json(cfg, len(cfg.tasks) - 1), dataset=dataset,
+                          checkpoint=previous).set_display_name("evaluate")
+        return ev.outputs["report"]
+
+    return nmt_pipeline

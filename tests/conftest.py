@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def tiny_config(**overrides) -> Config:
+    raw = {
+        "name": "tiny", "seed": 3, "tasks": ["like", "click"],
+        "data": {"synthetic": {"rows": 6000, "users": 300, "items": 400}, "chunk_bytes": 100_000},
+        "model": {"embedding_dim": 8, "num_experts": 2, "expert_dims": [16], "tower_dims": [8]},
+        "train": {"batch_size": 256, "max_epochs": 2, "patience": 0},
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return Config.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_cfg):
+    """Synthetic CSV -> Beam preprocess, once per test session."""
+    from components.generate.core import SyntheticSpec, generate
+    from components.preprocess.run import preprocess_from_config
+    from pipelines.factory import data_config_json
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv",
+             root / "truth.parquet")
+    preprocess_from_config(data_config_json(tiny_cfg), str(root / "data.csv"), str(root / "dataset"))
+    return root
