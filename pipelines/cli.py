@@ -40,6 +40,16 @@ def _compile(args) -> int:
     return 0
 
 
+# `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
+BENCHMARKS: dict[str, str] = {}
+
+
+def _bench(args) -> int:
+    import importlib
+
+    return importlib.import_module(BENCHMARKS[args.bench]).run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nmtrec", description="Prioritized multi-task recommendation training (NMT)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, help="pipeline YAML file to write")
     c.add_argument("--image", help="container image of the steps")
     c.set_defaults(func=_compile)
+    if BENCHMARKS:
+        import importlib
+
+        b = sub.add_parser("bench", help="benchmarks (ratios against a reference measured in the same run)")
+        bsub = b.add_subparsers(dest="bench", required=True)
+        for name, module in BENCHMARKS.items():
+            mod = importlib.import_module(module)
+            mod.add_arguments(bsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
+        b.set_defaults(func=_bench)
     return p
 
 

@@ -91,6 +91,8 @@ class Config(_Strict):
     name: str = "nmtrec"
     seed: int = 0
     tasks: list[str] = Field(min_length=1)
+    # methods to train and compare; "nmt" is the staged chain, others are baselines beside it
+    methods: list[Literal["nmt"]] = ["nmt"]
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
