@@ -1,13 +1,24 @@
-"""`nmtrec` command line: run locally, compile for Kubeflow."""
+"""`nmtrec` command line: run locally, compile for Kubeflow, submit to a Kubeflow Pipelines host."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
 from pipelines.config import ConfigError, load_config
+from pipelines.submit import SubmitError
+from pipelines.trainjob import TrainJobError
+
+
+def _start(cfg, args):
+    """--from-checkpoint URI [--from-stage K] -> a reuse.StartPoint, or None."""
+    if not getattr(args, "from_checkpoint", None):
+        if getattr(args, "from_stage", None) is not None:
+            raise ConfigError("--from-stage needs --from-checkpoint")
+        return None
+    from pipelines.reuse import resolve_start
+
+    return resolve_start(cfg, args.from_checkpoint, args.from_stage)
 
 
 def _run(args) -> int:
@@ -15,33 +26,45 @@ def _run(args) -> int:
     from pipelines.local import run_local
 
     cfg = load_config(args.config)
-    start = time.time()
-    report_path = run_local(cfg, args.output)
-    report = json.loads(report_path.read_text())
-    print(f"\nNMT run '{cfg.name}': tasks in priority order {' > '.join(cfg.tasks)} "
-          f"({time.time() - start:.0f}s)\n")
+    run = run_local(cfg, args.output, cache=not args.no_cache, start=_start(cfg, args))
+    report = json.loads(run.report.read_text())
+    print(f"\nNMT run '{cfg.name}': tasks in priority order {' > '.join(cfg.tasks)} ({run.seconds:.0f}s)")
+    print(f"stages trained: {', '.join(run.trained_stages) or 'none'}; "
+          f"reused from cache: {', '.join(run.reused_stages) or 'none'}\n")
     print(summary_table(report))
-    print(f"\nreport: {report_path}")
+    print(f"\nreport: {run.report}")
     return 0
 
 
 def _compile(args) -> int:
-    from kfp import compiler
-
-    from pipelines.factory import DEFAULT_IMAGE, build_pipeline
+    from pipelines.submit import compile_package
 
     cfg = load_config(args.config)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.yaml")
-    compiler.Compiler().compile(build_pipeline(cfg, args.image or DEFAULT_IMAGE), str(tmp))
-    tmp.replace(out)
+    out = compile_package(cfg, args.output, args.image, _start(cfg, args))
     print(f"compiled pipeline '{cfg.name}' ({len(cfg.tasks)} stages) -> {out}")
     return 0
 
 
+def _submit(args) -> int:
+    from pipelines.submit import submit
+
+    cfg = load_config(args.config)
+    result = submit(cfg, args.host, experiment=args.experiment, namespace=args.namespace, cache=not args.no_cache,
+                    image=args.image, start=_start(cfg, args))
+    print(f"submitted pipeline '{cfg.name}' to {args.host}: run {getattr(result, 'run_id', result)}")
+    return 0
+
+
+def _add_start_args(p) -> None:
+    p.add_argument("--from-checkpoint", metavar="URI",
+                   help="start after an earlier run's stage-k checkpoint artifact (reuses stages 1..k)")
+    p.add_argument("--from-stage", type=int, metavar="K", help="k, for a remote --from-checkpoint URI")
+
+
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "stage-reuse": "pipelines.bench_reuse",
+}
 
 
 def _bench(args) -> int:
@@ -56,12 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the whole pipeline locally with kfp.local")
     r.add_argument("--config", required=True)
     r.add_argument("--output", required=True, help="directory for report.json and the run's artifacts")
+    r.add_argument("--no-cache", action="store_true",
+                   help="rerun every step (default: reuse steps cached in .kfp-cache beside --output)")
+    _add_start_args(r)
     r.set_defaults(func=_run)
     c = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines YAML package")
     c.add_argument("--config", required=True)
     c.add_argument("--output", required=True, help="pipeline YAML file to write")
-    c.add_argument("--image", help="container image of the steps")
+    c.add_argument("--image", help="container image of the steps (default: cluster.image)")
+    _add_start_args(c)
     c.set_defaults(func=_compile)
+    s = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines host")
+    s.add_argument("--config", required=True)
+    s.add_argument("--host", required=True, help="KFP API URL, e.g. https://kubeflow.example.com/pipeline")
+    s.add_argument("--experiment", help="experiment name (default: the config's name)")
+    s.add_argument("--namespace", help="Kubernetes namespace (multi-user Kubeflow)")
+    s.add_argument("--no-cache", action="store_true", help="disable KFP caching for this run")
+    s.add_argument("--image", help="container image of the steps (default: cluster.image)")
+    _add_start_args(s)
+    s.set_defaults(func=_submit)
     if BENCHMARKS:
         import importlib
 
@@ -81,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"nmtrec: error: {e}", file=sys.stderr)
         return 2
+    except (SubmitError, TrainJobError) as e:  # they name the host or job and what failed
+        print(f"nmtrec: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

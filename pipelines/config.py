@@ -12,6 +12,8 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.cluster_config import ClusterConfig
+
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and key."""
@@ -98,6 +100,8 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     nmt: NMTConfig = NMTConfig()
+    # Kubernetes side (image, resources, GPUs, TrainJob); never part of a step's inputs
+    cluster: Optional[ClusterConfig] = None
 
     @field_validator("tasks")
     @classmethod
@@ -134,6 +138,6 @@ def load_config(path: str | Path) -> Config:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            key = ".".join(str(p) for p in err["loc"] if p != "[key]") or "<root>"  # [key]: a bad dict key
             lines.append(f"  {key}: {err['msg']}")
         raise ConfigError(f"{path}: invalid config\n" + "\n".join(lines)) from None

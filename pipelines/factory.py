@@ -14,7 +14,10 @@ from components.evaluate.component import evaluate
 from components.generate.component import generate_synthetic
 from components.preprocess.component import preprocess_dataset, preprocess_file
 from components.train.component import train_stage
+from components.train.trainjob_component import train_stage_trainjob
+from pipelines import reuse
 from pipelines.config import Config
+from pipelines.resources import apply_cluster
 
 DEFAULT_IMAGE = "ghcr.io/nmtrec/nmtrec-cpu:0.1.0"
 
@@ -26,34 +29,50 @@ class Ops:
     preprocess_file: object
     train_stage: object
     evaluate: object
+    train_stage_trainjob: object = None
 
 
-def make_ops(image: str = DEFAULT_IMAGE) -> Ops:
-    """Wrap the component functions; the project image already holds kfp and the project."""
-    def op(fn):
-        return dsl.component(fn, base_image=image, install_kfp_package=False)
-    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage), op(evaluate))
+def make_ops(image: str = DEFAULT_IMAGE, train_image: str | None = None) -> Ops:
+    """Wrap the component functions; the project image already holds kfp and the project. Train steps
+    may run in another (GPU) image."""
+    def op(fn, base=image):
+        return dsl.component(fn, base_image=base, install_kfp_package=False)
+    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage, train_image or image),
+               op(evaluate), op(train_stage_trainjob))
 
 
 def data_config_json(cfg: Config) -> str:
     """What preprocessing depends on (not tasks, model or training)."""
     return cfg.model_copy(update={"name": "", "tasks": ["-"], "model": type(cfg.model)(),
-                                  "train": type(cfg.train)(), "nmt": type(cfg.nmt)()}).to_json()
+                                  "train": type(cfg.train)(), "nmt": type(cfg.nmt)(), "cluster": None}).to_json()
 
 
 def stage_config_json(cfg: Config, stage: int) -> str:
-    """What stage k depends on: tasks[:k+1] and everything but the run name."""
-    return cfg.model_copy(update={"name": "", "tasks": cfg.tasks[:stage + 1]}).to_json()
+    """What stage k depends on: tasks[:k+1] and everything but the run name and the cluster section
+    (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
+    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "cluster": None}
+    if cfg.cluster is not None and cfg.cluster.gpus:
+        update["train"] = cfg.train.model_copy(update={"nproc": cfg.cluster.gpus})
+    return cfg.model_copy(update=update).to_json()
 
 
 def pipeline_name(cfg: Config) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", cfg.name.lower()).strip("-") or "nmtrec"
 
 
-def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
-    ops = make_ops(image)
+def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False,
+                   start: "reuse.StartPoint | None" = None):
+    """The pipeline function. `local`: a kfp.local run (steps' cache keys also cover the project's
+    source code); `start`: begin after an earlier run's stage checkpoint (`--from-checkpoint`).
+    The function's `stage_tasks` maps task names to stage display names once it is built."""
+    cc = cfg.cluster
+    image = image or (cc.image if cc else DEFAULT_IMAGE)
+    ops = make_ops(image, cc.gpu_image if cc and cc.gpus else None)
+    multi_node = cc is not None and cc.nodes > 1
+    stage_tasks: dict[str, str] = {}
 
-    @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}")
+    @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}",
+                  pipeline_root=cc.pipeline_root if cc and not local else None)
     def nmt_pipeline() -> dsl.Artifact:
         data_json = data_config_json(cfg)
         if cfg.data.source == "synthetic":
@@ -63,14 +82,27 @@ def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
             prep = ops.preprocess_file(config_json=data_json, source_path=cfg.data.path)
         prep.set_display_name("preprocess")
         dataset = prep.outputs["dataset"]
-        previous = None
-        for k, task in enumerate(cfg.tasks):
+        previous, first = None, 0
+        if start is not None:
+            previous = reuse.import_checkpoint(start).outputs["artifact"]
+            first = start.stages_done
+        for k in range(first, len(cfg.tasks)):
             inputs = {"previous": previous} if previous is not None else {}
-            step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
-            step.set_display_name(f"stage-{k + 1}-{task}")
+            if multi_node:
+                step = ops.train_stage_trainjob(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset,
+                                                cluster_json=cc.model_dump_json(), run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                                **inputs)
+            else:
+                step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
+            step.set_display_name(f"stage-{k + 1}-{cfg.tasks[k]}")
+            stage_tasks[step.name] = f"stage-{k + 1}-{cfg.tasks[k]}"
             previous = step.outputs["checkpoint"]
         ev = ops.evaluate(config_json=stage_config_json(cfg, len(cfg.tasks) - 1), dataset=dataset,
                           checkpoint=previous).set_display_name("evaluate")
+        if local:
+            reuse.key_by_code()
+        apply_cluster(cc)
         return ev.outputs["report"]
 
+    nmt_pipeline.stage_tasks = stage_tasks
     return nmt_pipeline

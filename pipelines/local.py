@@ -1,8 +1,16 @@
 """Run a pipeline on this machine with kfp.local (no Kubernetes): each step is a subprocess of the
-current Python environment, the same component code a cluster runs."""
+current Python environment, the same component code a cluster runs.
+
+With caching on, kfp.local's cache lives in `.kfp-cache` beside the output directory, so a later
+run (another output directory, one more task) reuses every step whose inputs and code are unchanged.
+"""
 from __future__ import annotations
 
+import logging
+import re
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfp import local
@@ -10,17 +18,62 @@ from kfp import local
 from pipelines.config import Config
 from pipelines.factory import build_pipeline
 
+CACHE_DIR = ".kfp-cache"
+_CACHE_HIT = re.compile(r"Task (\S+) cache hit")
 
-def run_local(cfg: Config, output: str | Path) -> Path:
-    """Run every step; return the path of the report.json copied to output/."""
-    output = Path(output)
+
+@dataclass
+class LocalRun:
+    report: Path  # output/report.json
+    seconds: float
+    steps: dict[str, str] = field(default_factory=dict)  # task name -> "ran" | "cached"
+    trained_stages: list[str] = field(default_factory=list)  # stage display names, e.g. "stage-3-share"
+    reused_stages: list[str] = field(default_factory=list)
+
+
+class _CacheHits(logging.Handler):
+    """kfp.local logs one line per cache hit (outside its own logger context)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.tasks: list[str] = []
+
+    def emit(self, record):
+        m = _CACHE_HIT.search(record.getMessage())
+        if m:
+            self.tasks.append(m.group(1))
+
+
+def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None) -> LocalRun:
+    """Run every step (cached ones are skipped); report.json is copied to output/."""
+    output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"),
-               raise_on_error=True)
-    task = build_pipeline(cfg)()
-    report = Path(task.output.path)
+               raise_on_error=True, enable_caching=cache, cache_root=str(output.parent / CACHE_DIR))
+    pipeline = build_pipeline(cfg, local=True, start=start)
+    hits = _CacheHits()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(hits)
+    root.setLevel(logging.INFO)
+    began = time.perf_counter()
+    try:
+        task = pipeline()
+    finally:
+        root.removeHandler(hits)
+        root.setLevel(level)
+    seconds = time.perf_counter() - began
     dest = output / "report.json"
     tmp = dest.with_name("report.json.tmp")
-    shutil.copyfile(report, tmp)
+    shutil.copyfile(Path(task.output.path), tmp)
     tmp.replace(dest)
-    return dest
+    spec_tasks = _task_names(pipeline)
+    steps = {name: ("cached" if name in hits.tasks else "ran") for name in spec_tasks}
+    stages = pipeline.stage_tasks
+    return LocalRun(report=dest, seconds=seconds, steps=steps,
+                    trained_stages=[stages[t] for t in stages if steps.get(t) == "ran"],
+                    reused_stages=[stages[t] for t in stages if steps.get(t) == "cached"])
+
+
+def _task_names(pipeline) -> list[str]:
+    return list(pipeline.pipeline_spec.root.dag.tasks)

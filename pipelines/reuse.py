@@ -1,0 +1,93 @@
+"""Stage reuse when a lower-priority objective is appended to the task list.
+
+Two ways to skip stages 1..k that an earlier run already trained:
+- caching: each stage's inputs are only what it depends on (tasks[:k+1], data, model, training; never
+  the run name or the cluster section), so KFP's cache, and kfp.local's opt-in cache for local runs,
+  hit for stages 1..k. Locally the cache key also covers a digest of the source files each step
+  imports (on a cluster the image tag plays that part).
+- `--from-checkpoint URI`: a dsl.importer brings an earlier run's stage-k artifact in and the
+  pipeline starts at stage k+1. The stage checks task order and model hash and refuses a mismatch.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp import dsl
+from kfp.dsl import pipeline_context
+
+from pipelines.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_ENV = "NMTREC_CODE_DIGEST"
+_COMMON = ["pipelines/config.py", "pipelines/cluster_config.py", "components/logs.py"]
+# the sources each step kind imports (unknown kinds: all of components/ and models/)
+_CODE = {
+    "generate": ["components/generate"],
+    "preprocess": ["components/preprocess"],
+    "train": ["components/train", "models", "pipelines/trainjob.py"],
+    "trainjob": ["components/train", "models", "pipelines/trainjob.py"],
+    "evaluate": ["components/evaluate", "components/train", "models"],
+}
+
+
+def code_digest(kind: str) -> str:
+    h = hashlib.sha256()
+    for rel in _COMMON + _CODE.get(kind, ["components", "models"]):
+        path = ROOT / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if f.is_file():
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def key_by_code() -> None:
+    """Put each task's source digest into its environment: kfp.local's cache key covers env vars."""
+    from pipelines.resources import step_kind
+
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        if task.container_spec is not None:
+            task.set_env_variable(CODE_ENV, code_digest(step_kind(task.component_spec.name)))
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    uri: str
+    stages_done: int  # k: the artifact is stage k's output; the pipeline starts at stage k+1
+
+
+def resolve_start(cfg: Config, uri: str, stages_done: int | None = None) -> StartPoint:
+    """Check a --from-checkpoint URI against the config. A local checkpoint is read here (task order and
+    model hash are compared now, before anything runs); a remote one needs --from-stage and is checked
+    by the stage itself."""
+    local = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" not in local:
+        from components.train.checkpoint import CheckpointError, read_meta
+        from components.train.core import check_previous
+
+        path = Path(local).resolve()
+        try:
+            meta = read_meta(path)
+        except CheckpointError as e:
+            raise ConfigError(f"--from-checkpoint: {e}") from None
+        k = len(meta.get("tasks", []))
+        if stages_done is not None and stages_done != k:
+            raise ConfigError(f"--from-checkpoint {uri}: holds stage {k} ({meta.get('tasks')}), not stage {stages_done}")
+        if k >= len(cfg.tasks):
+            raise ConfigError(f"--from-checkpoint {uri}: already covers all tasks {cfg.tasks}: nothing left to train")
+        try:
+            check_previous(meta, cfg, k, uri)
+        except CheckpointError as e:
+            raise ConfigError(f"--from-checkpoint: {e}") from None
+        return StartPoint(str(path), k)
+    if stages_done is None:
+        raise ConfigError(f"--from-checkpoint {uri}: a remote checkpoint needs --from-stage K (the stage it holds)")
+    if not 1 <= stages_done < len(cfg.tasks):
+        raise ConfigError(f"--from-stage {stages_done}: must be between 1 and {len(cfg.tasks) - 1} for tasks {cfg.tasks}")
+    return StartPoint(uri, stages_done)
+
+
+def import_checkpoint(start: StartPoint):
+    return dsl.importer(artifact_uri=start.uri, artifact_class=dsl.Model, reimport=False).set_display_name(
+        f"import-stage-{start.stages_done}")

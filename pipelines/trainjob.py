@@ -1,0 +1,176 @@
+"""Multi-node stages: a pipeline step that submits a Kubeflow Trainer TrainJob (runtime
+`torch-distributed`) running the same stage entry point under torchrun on every node, waits for it
+with a timeout, streams node 0's logs, and fails the step when the job fails.
+
+KFP artifacts live in an object store that the TrainJob's pods cannot see, so the step stages its
+inputs on a shared ReadWriteMany PVC (`cluster.shared_pvc`), which both the step and the job's nodes
+mount, and copies the finished checkpoint from there into its output artifact.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipelines.cluster_config import ClusterConfig
+
+log = logging.getLogger("nmtrec.trainjob")
+SHARED_VOLUME = "nmtrec-shared"
+SHM_VOLUME = "dshm"
+NODE_CONTAINER = "node"  # the trainer container/replicated job of the torch-distributed runtime
+
+
+class TrainJobError(RuntimeError):
+    """The TrainJob failed or did not finish in time; the message names the job."""
+
+
+def launch_command(config_json: str, stage: int, dataset_dir: str, out_dir: str,
+                   previous_dir: str | None) -> list[str]:
+    """torchrun reads nodes, processes per node, rank and master from the PET_* variables that the
+    torch-distributed runtime sets on each node."""
+    cmd = ["torchrun", "-m", "components.train.launch", config_json, str(stage), dataset_dir, out_dir]
+    return cmd + ([previous_dir] if previous_dir else [])
+
+
+def job_name(run_id: str, stage: int) -> str:
+    """DNS-1035 label: lowercase, starts with a letter, at most 63 characters."""
+    base = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")[:40] or "run"
+    return f"nmtrec-{base}-s{stage + 1}"
+
+
+@dataclass
+class TrainJobRequest:
+    runtime: str
+    trainer: object  # kubeflow.trainer.CustomTrainerContainer
+    options: list
+
+
+def build_request(cc: ClusterConfig, name: str, command: list[str]) -> TrainJobRequest:
+    from kubeflow.trainer import CustomTrainerContainer
+    from kubeflow.trainer.options import (ActiveDeadlineSeconds, ContainerPatch, JobSpecPatch, JobTemplatePatch,
+                                          Name, PodSpecPatch, PodTemplatePatch, ReplicatedJobPatch, RuntimePatch,
+                                          TrainerCommand, TrainingRuntimeSpecPatch, JobSetTemplatePatch,
+                                          JobSetSpecPatch)
+
+    res = cc.resources_for("train")
+    per_node = {cc.accelerator: cc.gpus}
+    if res.cpu_request:
+        per_node["cpu"] = res.cpu_request
+    if res.memory_request:
+        per_node["memory"] = res.memory_request
+    volumes = [{"name": SHARED_VOLUME, "persistentVolumeClaim": {"claimName": cc.shared_pvc}}]
+    mounts = [{"name": SHARED_VOLUME, "mountPath": cc.shared_mount}]
+    if cc.shm_size:
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cc.shm_size}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    pod = PodSpecPatch(
+        volumes=volumes,
+        containers=[ContainerPatch(name=NODE_CONTAINER, volume_mounts=mounts)],
+        image_pull_secrets=[{"name": s} for s in cc.image_pull_secrets] or None,
+        node_selector=dict(cc.node_selector) or None,
+        tolerations=[_toleration(t) for t in cc.tolerations] or None,
+    )
+    patch = RuntimePatch(training_runtime_spec=TrainingRuntimeSpecPatch(template=JobSetTemplatePatch(
+        spec=JobSetSpecPatch(replicated_jobs=[ReplicatedJobPatch(name=NODE_CONTAINER, template=JobTemplatePatch(
+            spec=JobSpecPatch(template=PodTemplatePatch(spec=pod))))]))))
+    trainer = CustomTrainerContainer(image=cc.gpu_image, num_nodes=cc.nodes, resources_per_node=per_node,
+                                     env={"PET_NPROC_PER_NODE": str(cc.gpus)})
+    options = [Name(name=name), TrainerCommand(command=command), patch,
+               ActiveDeadlineSeconds(seconds=cc.trainjob.timeout_s)]
+    return TrainJobRequest(cc.trainjob.runtime, trainer, options)
+
+
+def _toleration(t) -> dict:
+    keys = {"key": "key", "operator": "operator", "value": "value", "effect": "effect",
+            "toleration_seconds": "tolerationSeconds"}
+    return {keys[k]: v for k, v in t.model_dump().items() if v is not None}
+
+
+def run_trainjob(client, cc: ClusterConfig, request: TrainJobRequest, echo: Callable[[str], None] = print):
+    """Submit, stream node 0's logs, wait until Complete; TrainJobError on failure or timeout."""
+    name = _submit(client, request)
+    echo(f"TrainJob {name}: {cc.nodes} nodes x {cc.gpus} {cc.accelerator}, runtime {request.runtime}")
+    timeout, poll = cc.trainjob.timeout_s, cc.trainjob.poll_s
+    try:
+        job = client.wait_for_job_status(name, status={"Running", "Complete", "Failed"}, timeout=timeout,
+                                          polling_interval=poll)
+        if job.status == "Running":
+            try:
+                for line in client.get_job_logs(name, follow=True):
+                    echo(line.rstrip("\n"))
+            except RuntimeError as e:  # log stream broken (pod restarted): the status still decides
+                echo(f"log stream of TrainJob {name} ended: {e}")
+        job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=timeout,
+                                         polling_interval=poll)
+    except TimeoutError:
+        client.delete_job(name)  # free the nodes
+        raise TrainJobError(f"TrainJob {name} did not finish within cluster.trainjob.timeout_s={timeout}s "
+                            "(deleted)") from None
+    if job.status != "Complete":
+        events = _events(client, name)
+        raise TrainJobError(f"TrainJob {name} ended with status {job.status}" + (f": {events}" if events else ""))
+    echo(f"TrainJob {name} complete")
+    return job
+
+
+def _submit(client, request: TrainJobRequest) -> str:
+    """A retried step attaches to its still running (or finished) job instead of starting a second one;
+    a failed one is deleted and submitted again under a fresh name."""
+    from kubeflow.trainer.options import Name
+
+    name = next(o.name for o in request.options if isinstance(o, Name))
+    try:
+        existing = client.get_job(name)
+    except RuntimeError:  # not found
+        existing = None
+    if existing is not None and existing.status in ("Created", "Running", "Complete"):
+        return name
+    if existing is not None:
+        client.delete_job(name)
+        name = f"{name}-{uuid.uuid4().hex[:4]}"
+        options = [Name(name=name) if isinstance(o, Name) else o for o in request.options]
+        request = TrainJobRequest(request.runtime, request.trainer, options)
+    return client.train(runtime=request.runtime, trainer=request.trainer, options=request.options)
+
+
+def _events(client, name: str) -> str:
+    try:
+        return "; ".join(e.message for e in client.get_job_events(name)[-5:])
+    except Exception:  # events are a diagnostic extra, never the reason a step fails
+        return ""
+
+
+def stage_on_shared(src: str | None, dest: Path) -> str | None:
+    """Copy an input artifact onto the shared volume (once: a retried step reuses it)."""
+    if src is None:
+        return None
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.replace(dest)
+    return str(dest)
+
+
+def train_stage_on_trainjob(cc: ClusterConfig, config_json: str, stage: int, dataset_dir: str, out_dir: str,
+                            previous_dir: str | None, run_id: str, client=None) -> None:
+    """Core of the multi-node step; the output checkpoint ends up in out_dir."""
+    work = Path(cc.shared_mount) / "nmtrec" / job_name(run_id, stage)
+    work.mkdir(parents=True, exist_ok=True)
+    data = stage_on_shared(dataset_dir, work / "dataset")
+    prev = stage_on_shared(previous_dir, work / "previous")
+    ckpt = work / "checkpoint"
+    if client is None:
+        from kubeflow.common.types import KubernetesBackendConfig
+        from kubeflow.trainer import TrainerClient
+
+        client = TrainerClient(KubernetesBackendConfig(namespace=cc.trainjob.namespace))
+    request = build_request(cc, job_name(run_id, stage), launch_command(config_json, stage, data, str(ckpt), prev))
+    run_trainjob(client, cc, request)
+    if not ckpt.is_dir():
+        raise TrainJobError(f"TrainJob {job_name(run_id, stage)} completed but wrote no checkpoint at {ckpt}")
+    shutil.copytree(ckpt, out_dir, dirs_exist_ok=True)
