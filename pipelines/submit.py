@@ -33,7 +33,7 @@ def submit(cfg: Config, host: str, *, experiment: str | None = None, namespace: 
         import kfp
 
         def client_factory(host, namespace):
-            return kfp.Client(host=host, namespace=namespace)
+            return kfp.Client(host=host, **({"namespace": namespace} if namespace else {}))
     with tempfile.TemporaryDirectory(prefix="nmtrec-submit-") as tmp:
         package = compile_package(cfg, Path(tmp) / "pipeline.yaml", image, start)
         try:

@@ -57,7 +57,7 @@ def build_request(cc: ClusterConfig, name: str, command: list[str]) -> TrainJobR
                                           JobSetSpecPatch)
 
     res = cc.resources_for("train")
-    per_node = {cc.accelerator: cc.gpus}
+    per_node = {cc.accelerator: str(cc.gpus)}
     if res.cpu_request:
         per_node["cpu"] = res.cpu_request
     if res.memory_request:
@@ -77,8 +77,8 @@ def build_request(cc: ClusterConfig, name: str, command: list[str]) -> TrainJobR
     patch = RuntimePatch(training_runtime_spec=TrainingRuntimeSpecPatch(template=JobSetTemplatePatch(
         spec=JobSetSpecPatch(replicated_jobs=[ReplicatedJobPatch(name=NODE_CONTAINER, template=JobTemplatePatch(
             spec=JobSpecPatch(template=PodTemplatePatch(spec=pod))))]))))
-    trainer = CustomTrainerContainer(image=cc.gpu_image, num_nodes=cc.nodes, resources_per_node=per_node,
-                                     env={"PET_NPROC_PER_NODE": str(cc.gpus)})
+    # the runtime's numProcPerNode "auto" gives torchrun one process per GPU of resources_per_node
+    trainer = CustomTrainerContainer(image=cc.gpu_image, num_nodes=cc.nodes, resources_per_node=per_node)
     options = [Name(name=name), TrainerCommand(command=command), patch,
                ActiveDeadlineSeconds(seconds=cc.trainjob.timeout_s)]
     return TrainJobRequest(cc.trainjob.runtime, trainer, options)
