@@ -26,7 +26,7 @@ _COMMON = ["pipelines/config.py", "pipelines/cluster_config.py", "components/log
 _CODE = {
     "generate": ["components/generate"],
     "preprocess": ["components/preprocess"],
-    "train": ["components/train", "models", "pipelines/trainjob.py"],
+    "train": ["components/train", "models"],
     "trainjob": ["components/train", "models", "pipelines/trainjob.py"],
     "evaluate": ["components/evaluate", "components/train", "models"],
 }
