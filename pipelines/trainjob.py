@@ -36,10 +36,13 @@ def launch_command(config_json: str, stage: int, dataset_dir: str, out_dir: str,
     return cmd + ([previous_dir] if previous_dir else [])
 
 
+def run_label(run_id: str) -> str:
+    """DNS-1035 label: lowercase, starts with a letter, short enough for a stage suffix."""
+    return "nmtrec-" + (re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")[:40] or "run")
+
+
 def job_name(run_id: str, stage: int) -> str:
-    """DNS-1035 label: lowercase, starts with a letter, at most 63 characters."""
-    base = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")[:40] or "run"
-    return f"nmtrec-{base}-s{stage + 1}"
+    return f"{run_label(run_id)}-s{stage + 1}"
 
 
 @dataclass
@@ -159,9 +162,10 @@ def stage_on_shared(src: str | None, dest: Path) -> str | None:
 def train_stage_on_trainjob(cc: ClusterConfig, config_json: str, stage: int, dataset_dir: str, out_dir: str,
                             previous_dir: str | None, run_id: str, client=None) -> None:
     """Core of the multi-node step; the output checkpoint ends up in out_dir."""
-    work = Path(cc.shared_mount) / "nmtrec" / job_name(run_id, stage)
+    run_dir = Path(cc.shared_mount) / "nmtrec" / run_label(run_id)  # one dataset copy per run
+    work = run_dir / f"stage-{stage + 1}"
     work.mkdir(parents=True, exist_ok=True)
-    data = stage_on_shared(dataset_dir, work / "dataset")
+    data = stage_on_shared(dataset_dir, run_dir / "dataset")
     prev = stage_on_shared(previous_dir, work / "previous")
     ckpt = work / "checkpoint"
     if client is None:

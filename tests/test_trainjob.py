@@ -184,7 +184,30 @@ def test_completed_job_without_checkpoint_fails(tmp_path):
         train_stage_on_trainjob(cc, "{}", 0, str(tmp_path / "ds"), str(tmp_path / "out"), None, "run-1",
                                 client=FakeTrainer(["Running", "Complete"]))
     # the dataset was staged on the shared volume for the job's nodes
-    assert (tmp_path / "shared" / "nmtrec" / "nmtrec-run-1-s1" / "dataset" / "feature_spec.json").is_file()
+    assert (tmp_path / "shared" / "nmtrec" / "nmtrec-run-1" / "dataset" / "feature_spec.json").is_file()
+
+
+def test_step_stages_inputs_on_the_shared_volume_and_returns_the_jobs_checkpoint(tmp_path):
+    cc = ClusterConfig.model_validate({**CLUSTER, "shared_mount": str(tmp_path / "shared")})
+    for name, marker in (("ds", "feature_spec.json"), ("prev", "stage.json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / marker).write_text(name)
+
+    class JobWritesCheckpoint(FakeTrainer):
+        def train(self, runtime, trainer, options):
+            cmd = next(o.command for o in options if type(o).__name__ == "TrainerCommand")
+            data, out, prev = cmd[5], cmd[6], cmd[7]  # what every node of the job sees
+            assert open(f"{data}/feature_spec.json").read() == "ds" and open(f"{prev}/stage.json").read() == "prev"
+            os.makedirs(out)
+            open(f"{out}/stage.json", "w").write('{"task": "click"}')
+            return super().train(runtime, trainer, options)
+
+    client = JobWritesCheckpoint(["Running", "Complete"])
+    train_stage_on_trainjob(cc, "{}", 1, str(tmp_path / "ds"), str(tmp_path / "out"), str(tmp_path / "prev"),
+                            "run-1", client=client)
+    assert json.loads((tmp_path / "out" / "stage.json").read_text()) == {"task": "click"}
+    cmd = next(o.command for o in client.trained[0][2] if type(o).__name__ == "TrainerCommand")
+    assert all(p.startswith(str(tmp_path / "shared")) for p in cmd[5:8])
 
 
 def _free_port() -> int:
