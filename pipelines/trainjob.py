@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ def run_trainjob(client, cc: ClusterConfig, request: TrainJobRequest, echo: Call
     name = _submit(client, request)
     echo(f"TrainJob {name}: {cc.nodes} nodes x {cc.gpus} {cc.accelerator}, runtime {request.runtime}")
     timeout, poll = cc.trainjob.timeout_s, cc.trainjob.poll_s
+    deadline = time.monotonic() + timeout
     try:
         job = client.wait_for_job_status(name, status={"Running", "Complete", "Failed"}, timeout=timeout,
                                           polling_interval=poll)
@@ -107,8 +109,10 @@ def run_trainjob(client, cc: ClusterConfig, request: TrainJobRequest, echo: Call
                     echo(line.rstrip("\n"))
             except RuntimeError as e:  # log stream broken (pod restarted): the status still decides
                 echo(f"log stream of TrainJob {name} ended: {e}")
-        job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=timeout,
-                                         polling_interval=poll)
+        left = int(deadline - time.monotonic())  # one time budget for the whole job
+        if left <= poll:
+            raise TimeoutError(name)
+        job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=left, polling_interval=poll)
     except TimeoutError:
         client.delete_job(name)  # free the nodes
         raise TrainJobError(f"TrainJob {name} did not finish within cluster.trainjob.timeout_s={timeout}s "
