@@ -65,7 +65,8 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     seconds = time.perf_counter() - began
     dest = output / "report.json"
     tmp = dest.with_name("report.json.tmp")
-    shutil.copyfile(Path(task.output.path), tmp)
+    report = task.outputs["report"] if "report" in task.outputs else task.output  # named or single output
+    shutil.copyfile(Path(report.path), tmp)
     tmp.replace(dest)
     spec_tasks = _task_names(pipeline)
     steps = {name: ("cached" if name in hits.tasks else "ran") for name in spec_tasks}
