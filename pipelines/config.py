@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,12 @@ class SyntheticConfig(_Strict):
     users: int = Field(2_000, gt=0)
     items: int = Field(3_000, gt=0)
     latent_dim: int = Field(8, gt=0)
+    click_rate: float = Field(0.24, gt=0, lt=1)  # share of rows clicked (Tenrec ctr_data: 24%)
+    like_rate: float = Field(0.019, gt=0, lt=1)  # share of rows liked, only on clicks (Tenrec: 1.9%)
+    conflict: float = Field(-0.5, ge=-1, le=1)  # correlation of the like factor with the click factor
+    null_category: float = Field(0.01, ge=0, lt=1)  # share of `\N` video_category
+    duplicates: float = Field(0.005, ge=0, lt=1)  # share of rows repeated verbatim
+    with_truth: bool = True  # write true_<label> probability columns (-> report.json oracle_auc)
 
 
 class DataConfig(_Strict):
@@ -35,8 +41,15 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int = Field(1, ge=1)
     chunk_bytes: int = Field(64 << 20, gt=0)
-    runner: str = "DirectRunner"
-    num_workers: int = Field(1, ge=1)
+    runner: str = "DirectRunner"  # or FlinkRunner, SparkRunner, DataflowRunner (+ beam_options)
+    num_workers: int = Field(1, ge=1)  # DirectRunner processes (direct_num_workers)
+    beam_options: dict[str, Any] = {}  # passed to Beam's PipelineOptions, e.g. {flink_master: "host:8081"}
+    # label columns kept in the dataset; default: every label of the format (tenrec/synthetic:
+    # click, follow, like, share; tiktok: finish, like)
+    labels: Optional[list[str]] = None
+    on_bad_rows: Literal["error", "skip"] = "error"  # skip: drop unparsable rows, count them in the spec
+    negative_ratio: Optional[float] = Field(None, gt=0)  # Tenrec MTL protocol: 2.0 keeps ~2 negatives per positive
+    sample_label: str = "click"  # the label whose positives are all kept when sampling
 
     @field_validator("split")
     @classmethod
@@ -49,7 +62,16 @@ class DataConfig(_Strict):
     def _path_for_files(self):
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.negative_ratio is not None and self.labels is not None and self.sample_label not in self.labels:
+            raise ValueError(f"data.sample_label {self.sample_label!r} is not in data.labels {self.labels}")
         return self
+
+    def label_columns(self) -> list[str]:
+        if self.labels is not None:
+            return list(self.labels)
+        from components.preprocess.schemas import get_format
+
+        return list(get_format(self.source).default_labels)
 
 
 class FeatureConfig(_Strict):

@@ -6,7 +6,20 @@ import pytest
 from pipelines.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """The real-data samples: $NMTREC_SHARED_DATA, else the first shared/data above the repo
+    (/work/main -> /work/shared/data, and from a worktree such as /work/wt/data too)."""
+    if os.environ.get("NMTREC_SHARED_DATA"):
+        return Path(os.environ["NMTREC_SHARED_DATA"])
+    for parent in ROOT.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -35,7 +48,6 @@ def tiny_dataset(tmp_path_factory, tiny_cfg):
     from pipelines.factory import data_config_json
 
     root = tmp_path_factory.mktemp("tiny")
-    generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv",
-             root / "truth.parquet")
+    generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv")
     preprocess_from_config(data_config_json(tiny_cfg), str(root / "data.csv"), str(root / "dataset"))
     return root
