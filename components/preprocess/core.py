@@ -1,11 +1,14 @@
 """Preprocess Tenrec / TikTok / synthetic files into Parquet splits + a feature spec, with Apache Beam.
 
-Beam moves Arrow tables (one per byte range of the file), never one dict per row. Two pipelines:
+Beam moves Arrow tables (one per byte range of the file), never one dict per row. One pipeline, two
+reads of every range:
   1. count: ids per embedding table, rows, bad rows and label counts -> vocab/*.parquet + stats.json;
-  2. encode: every range again, encoded with the vocabularies (loaded once per worker), MTL-sampled
-     and split by seeded per-line draws (draws.py), written as Parquet shards per split.
-Re-reading the file is cheaper than shipping every parsed table between the two passes, and each
-pass runs unchanged on Flink/Spark/Dataflow (`runner` + `beam_options`).
+  2. encode (waits on 1 through side inputs): encoded with the vocabularies (loaded once per
+     worker), MTL-sampled and split by seeded per-line draws (draws.py), one Parquet shard per
+     range and split, written by the DoFn itself through Beam's FileSystems.
+Re-reading a range is cheaper than shipping every parsed table between the passes, and writing
+shards from the DoFn avoids three WriteToParquet sinks (each a stage chain of its own); it runs
+unchanged on Flink/Spark/Dataflow (`runner` + `beam_options`).
 Everything goes to `<out>.partial`, renamed to `<out>` only when complete.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.preprocess import draws
@@ -117,51 +121,67 @@ class _SumDicts(beam.CombineFn):
 def _write_vocab(kv, vocab_dir: str, min_count: int):
     name, (values, counts) = kv
     kept, kept_counts = build_vocab(values, counts, min_count)
-    os.makedirs(vocab_dir, exist_ok=True)
-    pq.write_table(pa.table({"raw_id": kept, "count": kept_counts}), os.path.join(vocab_dir, f"{name}.parquet"))
     meta = {"distinct": int(len(values)), "kept": int(len(kept)), "oov_ids": int(len(values) - len(kept))}
-    Path(vocab_dir, f"{name}.json").write_text(json.dumps(meta))
+    with FileSystems.create(FileSystems.join(vocab_dir, f"{name}.parquet")) as f:
+        pq.write_table(pa.table({"raw_id": kept, "count": kept_counts}), f)
+    with FileSystems.create(FileSystems.join(vocab_dir, f"{name}.json")) as f:
+        f.write(json.dumps(meta).encode())
+    return name, meta
 
 
 def _write_json(obj, path: str):
-    Path(path).write_text(json.dumps(obj))
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(obj).encode())
 
 
 class _EncodeRange(beam.DoFn):
-    def __init__(self, reader: RangeReader, spec: PreprocessSpec, vocab_dir: str, keep_p: float,
-                 truth: dict[str, str]):
-        self.reader, self.spec, self.vocab_dir, self.keep_p, self.truth = reader, spec, vocab_dir, keep_p, truth
+    """Encode, sample and split one range; write its Parquet shard per split (part-<range>.parquet).
 
-    def setup(self):
-        self.encoders = {t: Encoder(pq.read_table(os.path.join(self.vocab_dir, f"{t}.parquet")).column("raw_id").to_numpy())
-                         for t in self.spec.tables()}
+    Shard names are fixed by the range, so a retried bundle overwrites its own files; the output
+    directory only becomes visible when the driver renames it after the whole pipeline succeeded.
+    """
 
-    def process(self, rng):
-        _, start, end = rng
+    def __init__(self, reader: RangeReader, spec: PreprocessSpec, root: str, truth: dict[str, str], schema: pa.Schema):
+        self.reader, self.spec, self.root, self.truth, self.schema = reader, spec, root, truth, schema
+        self.encoders = None
+
+    def process(self, rng, stats, vocab_written):
+        index, start, end = rng
         s = self.spec
+        if self.encoders is None:  # vocab_written (side input) guarantees the files exist
+            self.encoders = {t: Encoder(pq.read_table(FileSystems.join(self.root, "vocab", f"{t}.parquet"))
+                                        .column("raw_id").to_numpy()) for t in vocab_written}
         table, _, offsets = self.reader.read(start, end)
-        n = table.num_rows
-        keep = np.ones(n, dtype=bool)
+        keep = np.ones(table.num_rows, dtype=bool)
         if s.negative_ratio is not None:
             u = draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SAMPLE))
-            keep = (table.column(s.sample_label).fill_null(0).to_numpy() == 1) | (u < self.keep_p)
+            keep = (table.column(s.sample_label).fill_null(0).to_numpy() == 1) | (u < _keep_probability(s, stats))
         which = draws.assign_split(draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SPLIT)), s.split)
         out = {c: self.encoders[c].encode(table.column(c)) for c in s.sparse}
         for bag, cols in s.bags.items():
             enc = self.encoders[s.bag_tables.get(bag, bag)]
             ids = np.stack([enc.encode(table.column(c), zero_is_null=True) for c in cols], axis=1)
             present = ids != NULL_INDEX  # padding and nulls leave the bag; OOV stays
-            offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
-            out[bag] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[present], pa.int64()))
+            bag_offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
+            out[bag] = pa.ListArray.from_arrays(pa.array(bag_offsets), pa.array(ids[present], pa.int64()))
         for c in s.labels:
             out[c] = table.column(c).fill_null(0).to_numpy().astype(np.float32)
         for col in self.truth.values():
             out[col] = table.column(col)
-        encoded = pa.table(out)
+        encoded = pa.table(out, schema=self.schema)
         for k, name in enumerate(SPLITS):
             mask = keep & (which == k)
             if mask.any():
-                yield beam.pvalue.TaggedOutput(name, encoded.filter(pa.array(mask)))
+                with FileSystems.create(FileSystems.join(self.root, name, f"part-{index:05d}.parquet")) as f:
+                    pq.write_table(encoded.filter(pa.array(mask)), f)
+                yield name, int(mask.sum())
+
+
+def _keep_probability(spec: PreprocessSpec, stats: dict) -> float:
+    if spec.negative_ratio is None:
+        return 1.0
+    pos = stats[f"positives.{spec.sample_label}"]
+    return draws.keep_probability(pos, stats["rows"] - pos, spec.negative_ratio)
 
 
 def _options(spec: PreprocessSpec) -> PipelineOptions:
@@ -177,13 +197,12 @@ def _run(build, spec: PreprocessSpec):
     try:
         with beam.Pipeline(options=_options(spec)) as p:
             build(p)
-    except PreprocessError:
-        raise
-    except Exception as e:  # Beam wraps worker errors; recover our message if it is one
-        m = re.search(r"PreprocessError: (.+?)(?: \[while running|$)", str(e), re.M)
-        if m:
-            raise PreprocessError(m.group(1)) from None
-        raise
+    except Exception as e:  # Beam re-raises or wraps worker errors, adding the step name
+        m = re.search(r"PreprocessError: (.+)", str(e))
+        text = str(e) if isinstance(e, PreprocessError) else m.group(1) if m else None
+        if text is None:
+            raise
+        raise PreprocessError(re.sub(r"\s*\[while running.*$", "", text, flags=re.S)) from None
 
 
 def _check_columns(layout: Layout, spec: PreprocessSpec):
@@ -205,9 +224,9 @@ def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
     _check_columns(layout, spec)
     truth = {c[len(TRUTH_PREFIX):]: c for c in layout.columns
              if c.startswith(TRUTH_PREFIX) and c[len(TRUTH_PREFIX):] in spec.labels}
-    reader = RangeReader(layout, [c for c in layout.columns if c in set(spec.id_columns()) | set(spec.labels)
-                                  | set(truth.values())],
-                         spec.on_bad_rows)
+    needed = set(spec.id_columns()) | set(spec.labels)
+    counter = RangeReader(layout, [c for c in layout.columns if c in needed], spec.on_bad_rows)
+    reader = RangeReader(layout, [c for c in layout.columns if c in needed | set(truth.values())], spec.on_bad_rows)
     ranges = byte_ranges(layout, spec.chunk_bytes)
 
     out = Path(out_dir)
@@ -215,29 +234,19 @@ def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        def count_pass(p):
-            counted = (p | "Ranges" >> beam.Create(ranges) | "Count" >> beam.ParDo(_CountRange(reader, spec))
-                       .with_outputs("stats", main="ids"))
-            _ = (counted.ids | "MergeIds" >> beam.CombinePerKey(_MergeCounts())
-                 | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"), spec.min_count))
-            _ = (counted.stats | "SumStats" >> beam.CombineGlobally(_SumDicts())
-                 | "WriteStats" >> beam.Map(_write_json, str(tmp / "stats.json")))
-        _run(count_pass, spec)
+        def pipeline(p):
+            ranges_pc = p | "Ranges" >> beam.Create(ranges)
+            counted = ranges_pc | "Count" >> beam.ParDo(_CountRange(counter, spec)).with_outputs("stats", main="ids")
+            vocab_written = (counted.ids | "MergeIds" >> beam.CombinePerKey(_MergeCounts())
+                             | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"), spec.min_count))
+            stats = counted.stats | "SumStats" >> beam.CombineGlobally(_SumDicts())
+            _ = stats | "WriteStats" >> beam.Map(_write_json, str(tmp / "stats.json"))
+            # second read of every range, after the vocabularies are written (side inputs)
+            _ = ranges_pc | "Encode" >> beam.ParDo(_EncodeRange(reader, spec, str(tmp), truth, _output_schema(spec, truth)),
+                                                   beam.pvalue.AsSingleton(stats), beam.pvalue.AsDict(vocab_written))
+        _run(pipeline, spec)
         stats = json.loads((tmp / "stats.json").read_text())
-        keep_p = 1.0
-        if spec.negative_ratio is not None:
-            pos = stats[f"positives.{spec.sample_label}"]
-            keep_p = draws.keep_probability(pos, stats["rows"] - pos, spec.negative_ratio)
-        schema = _output_schema(spec, truth)
-
-        def encode_pass(p):
-            parts = (p | "Ranges" >> beam.Create(ranges)
-                     | "Encode" >> beam.ParDo(_EncodeRange(reader, spec, str(tmp / "vocab"), keep_p, truth))
-                     .with_outputs(*SPLITS))
-            for name in SPLITS:
-                _ = parts[name] | f"Write_{name}" >> beam.io.parquetio.WriteToParquetBatched(
-                    str(tmp / name / "part"), schema, file_name_suffix=".parquet")
-        _run(encode_pass, spec)
+        keep_p = _keep_probability(spec, stats)
         feature_spec = _feature_spec(tmp, spec, source, stats, keep_p, truth)
         (tmp / "feature_spec.json").write_text(json.dumps(feature_spec, indent=2))
     except BaseException:

@@ -151,15 +151,16 @@ class RangeReader:
             else:
                 for i, col, is_float in checks:
                     v = fields[i].strip()
-                    if v.decode("utf-8", "replace") in NULLS:
+                    text = v.decode("utf-8", "replace")
+                    if text in NULLS:
                         continue
                     if is_float:
                         try:
                             float(v)
                         except ValueError:
-                            problem = (col, f"expected a number, got {v[:40]!r}")
+                            problem = (col, f"expected a number, got {text[:40]!r}")
                     elif not _INT.match(v):
-                        problem = (col, f"expected an integer id, got {v[:40]!r}")
+                        problem = (col, f"expected an integer id, got {text[:40]!r}")
                     if problem:
                         break
             if problem:

@@ -23,7 +23,7 @@ def count_values(columns: list[pa.Array], drop_zero: list[bool]) -> tuple[np.nda
         col = col.drop_null()
         if no_zero:
             col = col.filter(pc.not_equal(col, 0))
-        parts.append(col)
+        parts.extend(col.chunks if isinstance(col, pa.ChunkedArray) else [col])
     counts = pc.value_counts(pa.chunked_array(parts, pa.int64()))
     return counts.field("values").to_numpy(), counts.field("counts").to_numpy()
 
