@@ -189,7 +189,7 @@ def _options(spec: PreprocessSpec) -> PipelineOptions:
     if spec.runner in ("DirectRunner", "FnApiRunner"):
         opts.setdefault("direct_num_workers", spec.num_workers)
         opts.setdefault("direct_running_mode", "multi_processing" if spec.num_workers > 1 else "in_memory")
-    return PipelineOptions(**opts)
+    return PipelineOptions(flags=[], **opts)  # never parse this process's own command line
 
 
 def _run(build, spec: PreprocessSpec):
