@@ -1,8 +1,8 @@
 """Planted task conflict on synthetic data: like-only vs equal-weight click+like training of one
 shared-bottom model; the like AUC each reaches, beside the oracle AUC (true probabilities).
 
-The generator correlates the like factor of an item with its click factor by `--conflict` (< 0:
-opposed). A shared representation trained on both with equal weights is pulled towards click (12x
+The generator correlates the like factor of an item with its click factor by `--conflict` (0:
+unrelated, < 0: opposed). A shared representation trained on both with equal weights is pulled towards click (12x
 more positives), so like, the higher-priority task, should lose AUC against like-only training.
 Prints a table, then one JSON line {like_auc_like_only, like_auc_joint, like_auc_drop, oracle_auc, ...}.
 """
@@ -17,9 +17,9 @@ import numpy as np
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rows", type=int, default=300_000)
-    p.add_argument("--conflict", type=float, default=-0.5)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--conflict", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--users", type=int, default=1_000)
     p.add_argument("--items", type=int, default=1_000)
     p.add_argument("--seed", type=int, default=0)
