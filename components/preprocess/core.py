@@ -1,6 +1,7 @@
 """Preprocess Tenrec / TikTok / synthetic files into Parquet splits + a feature spec, with Apache Beam.
 
-Beam moves Arrow tables (one per byte range of the file), never one dict per row. One pipeline, two
+Beam's elements are byte ranges of the file and per-range id counts; each DoFn parses its range into
+one Arrow table and works on whole columns (numpy/pyarrow), never one dict per row. One pipeline, two
 reads of every range:
   1. count: ids per embedding table, rows, bad rows and label counts -> vocab/*.parquet + stats.json;
   2. encode (waits on 1 through side inputs): encoded with the vocabularies (loaded once per
@@ -235,7 +236,9 @@ def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
     tmp.mkdir(parents=True)
     try:
         def pipeline(p):
-            ranges_pc = p | "Ranges" >> beam.Create(ranges)
+            # no reshuffle on one local worker: it only adds a shuffle stage
+            local = spec.runner in ("DirectRunner", "FnApiRunner") and spec.num_workers == 1
+            ranges_pc = p | "Ranges" >> beam.Create(ranges, reshuffle=not local)
             counted = ranges_pc | "Count" >> beam.ParDo(_CountRange(counter, spec)).with_outputs("stats", main="ids")
             vocab_written = (counted.ids | "MergeIds" >> beam.CombinePerKey(_MergeCounts())
                              | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"), spec.min_count))
