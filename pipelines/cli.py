@@ -41,7 +41,7 @@ def _compile(args) -> int:
 
 
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {"train": "components.train.bench"}
 
 
 def _bench(args) -> int:

@@ -1,0 +1,180 @@
+"""Training throughput of the paper-sized MMoE against torch-rechub's MMOE and the GEMM ceiling.
+
+`nmtrec bench train`: in one run, on the same synthetic batches (features, vocab sizes, experts and
+batch), (a) our trainer's step (DMP-sharded EmbeddingBagCollection, fused embedding optimizer, fused
+dense Adam, batched experts), (b) torch-rechub's MMOE with Adam (the peer), and (c) fp32 GEMMs of the
+shapes the dense layers need forward and backward, which bounds any trainer on this CPU. The last
+line is JSON: ours_samples_per_s, peer_samples_per_s, ratio_vs_peer, gemm_ceiling_fraction.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
+HIST_LEN = 10
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per trainer (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--users", type=int, default=20000)
+    p.add_argument("--items", type=int, default=30000)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--skip-peer", action="store_true", help="ours and the ceiling only")
+
+
+def feature_spec(users: int, items: int) -> dict:
+    vocab = {"user_id": users, "item_id": items, "video_category": 40, "gender": 4, "age": 9}
+    return {"sparse": {f: {"table": f} for f in FEATURES},
+            "bags": {"hist": {"table": "item_id", "columns": [f"hist_{i}" for i in range(1, HIST_LEN + 1)]}},
+            "tables": {f: {"vocab_size": v} for f, v in vocab.items()}, "labels": ["like", "click"]}
+
+
+def model_config():
+    from pipelines.config import ModelConfig
+
+    return ModelConfig(arch="mmoe", embedding_dim=16, num_experts=4, expert_dims=[512, 512, 512],
+                       gate_dims=[], tower_dims=[128, 64])
+
+
+def synthetic_batches(spec: dict, batch: int, count: int, seed: int = 0):
+    """`count` batches of ids as numpy arrays: single ids [B, 5], hist [B, 10] (0 = padding), labels [B, 2]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        single = np.stack([rng.integers(1, spec["tables"][f]["vocab_size"], batch) for f in FEATURES], axis=1)
+        hist = rng.integers(1, spec["tables"]["item_id"]["vocab_size"], (batch, HIST_LEN))
+        hist[rng.random((batch, HIST_LEN)) < 0.3] = 0  # some empty slots
+        labels = (rng.random((batch, 2)) < 0.3).astype(np.float32)
+        out.append((single, hist, labels))
+    return out
+
+
+def to_kjt(single, hist):
+    from torchrec import KeyedJaggedTensor
+
+    mask = hist > 0
+    lengths = np.concatenate([np.ones(single.size, dtype=np.int64), mask.sum(1)])
+    values = np.concatenate([single.T.reshape(-1), hist[mask]])
+    return KeyedJaggedTensor.from_lengths_sync(keys=FEATURES + ["hist"], values=torch.from_numpy(values),
+                                               lengths=torch.from_numpy(lengths))
+
+
+def timed(step, inputs, warmup: int, desc: str) -> float:
+    """Seconds per step (mean over the timed steps)."""
+    for x in inputs[:warmup]:
+        step(x)
+    t0 = time.perf_counter()
+    for x in tqdm(inputs[warmup:], desc=desc, leave=False):
+        step(x)
+    return (time.perf_counter() - t0) / len(inputs[warmup:])
+
+
+def bench_ours(spec, data, warmup):
+    from components.train.distributed import init_process_group, shard
+    from components.train.loop import train_step
+    from components.train.objectives import Objective
+    from models.registry import build_model
+    from pipelines.config import TrainConfig
+
+    class Sum(Objective):
+        def loss(self, task_losses):
+            return task_losses.sum()
+
+    device = init_process_group()
+    torch.manual_seed(0)
+    model = build_model(model_config(), spec, 2)
+    dmp, dense_opt, _ = shard(model, device, TrainConfig(), embedding_l2=1e-6)
+    inputs = [(to_kjt(s, h), torch.from_numpy(y)) for s, h, y in data]
+    objective = Sum()
+    return timed(lambda x: train_step(dmp, dense_opt, objective, *x), inputs, warmup, "ours")
+
+
+def bench_peer(spec, data, warmup):
+    from torch_rechub.basic.features import SequenceFeature, SparseFeature
+    from torch_rechub.models.multi_task import MMOE
+
+    cfg = model_config()
+    feats = [SparseFeature(f, vocab_size=spec["tables"][f]["vocab_size"], embed_dim=cfg.embedding_dim)
+             for f in FEATURES]
+    feats.append(SequenceFeature("hist", vocab_size=spec["tables"]["item_id"]["vocab_size"],
+                                 embed_dim=cfg.embedding_dim, pooling="mean", shared_with="item_id"))
+    torch.manual_seed(0)
+    model = MMOE(feats, ["classification", "classification"], n_expert=cfg.num_experts,
+                 expert_params={"dims": cfg.expert_dims},
+                 tower_params_list=[{"dims": cfg.tower_dims}, {"dims": cfg.tower_dims}])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
+    loss_fn = torch.nn.BCELoss()
+
+    def step(x):
+        inputs, y = x
+        pred = model(inputs)
+        loss = loss_fn(pred[:, 0], y[:, 0]) + loss_fn(pred[:, 1], y[:, 1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    inputs = [({**{f: torch.from_numpy(s[:, i]) for i, f in enumerate(FEATURES)}, "hist": torch.from_numpy(h)},
+               torch.from_numpy(y)) for s, h, y in data]
+    return timed(step, inputs, warmup, "torch-rechub")
+
+
+def bench_gemm(batch: int, warmup: int, steps: int) -> float:
+    """Seconds per step of the dense layers' GEMMs alone: for every layer (experts batched, gates, towers)
+    the forward product and the two backward products (input and weight gradients), fp32."""
+    cfg = model_config()
+    in_dim = cfg.embedding_dim * (len(FEATURES) + 1)
+    shapes = []
+    d = in_dim
+    for out in cfg.expert_dims:
+        shapes += [(d, out)] * cfg.num_experts
+        d = out
+    shapes += [(in_dim, cfg.num_experts)] * 2  # gates
+    for _ in range(2):
+        t = cfg.expert_dims[-1]
+        for out in cfg.tower_dims + [1]:
+            shapes.append((t, out))
+            t = out
+    mats = [(torch.randn(batch, i), torch.randn(i, o), torch.randn(batch, o)) for i, o in shapes]
+
+    def step(_):
+        for x, w, g in mats:
+            torch.mm(x, w)
+            torch.mm(g, w.t())
+            torch.mm(x.t(), g)
+
+    return timed(step, list(range(warmup + steps)), warmup, "gemm")
+
+
+def run(args) -> int:
+    from components.train.distributed import set_threads
+
+    threads = set_threads(args.threads)
+    spec = feature_spec(args.users, args.items)
+    data = synthetic_batches(spec, args.batch_size, args.warmup + args.steps)
+    b = args.batch_size
+    rows = [("ours (TorchRec DMP, fused optimizers, batched experts)", b / bench_ours(spec, data, args.warmup))]
+    if not args.skip_peer:
+        rows.append(("torch-rechub 0.9.0 MMOE + Adam", b / bench_peer(spec, data, args.warmup)))
+    ceiling = b / bench_gemm(b, args.warmup, args.steps)
+    rows.append(("fp32 GEMM ceiling (dense layers fwd+bwd)", ceiling))
+    table = Table(title=f"train throughput: paper-sized MMoE, batch {b}, {threads} threads")
+    table.add_column("trainer")
+    table.add_column("samples/s", justify="right")
+    for name, v in rows:
+        table.add_row(name, f"{v:,.0f}")
+    Console().print(table)
+    ours = rows[0][1]
+    peer = rows[1][1] if not args.skip_peer else None
+    print(json.dumps({"ours_samples_per_s": round(ours, 1), "peer_samples_per_s": peer and round(peer, 1),
+                      "ratio_vs_peer": peer and round(ours / peer, 3),
+                      "gemm_ceiling_fraction": round(ours / ceiling, 3), "batch_size": b, "threads": threads}))
+    return 0
