@@ -94,11 +94,6 @@ class MultiTaskModel(nn.Module):
         if missing:
             raise ValueError(f"features {missing} have no embedding table (tables cover {sorted(per_feature)})")
         self.input_dim = sum(per_feature[f] for f in self.features)
-        # Set by the trainer for N > 1 processes: each rank's loss is a mean over its slice of the
-        # global batch, and sharded embeddings receive the *sum* of the ranks' gradients, so 1/N makes
-        # the embedding step equal to the single-process step on the whole batch (dense grads are
-        # averaged by DDP already).
-        self.embedding_grad_scale = 1.0
         self.tower_dims = list(tower_dims)
 
     def build_towers(self, rep_dim: int) -> None:
@@ -109,11 +104,7 @@ class MultiTaskModel(nn.Module):
 
     def embed(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.sparse(kjt).to_dict()
-        x = torch.cat([pooled[f] for f in self.features], dim=1)
-        if self.embedding_grad_scale != 1.0 and x.requires_grad:
-            scale = self.embedding_grad_scale
-            x.register_hook(lambda g: g * scale)
-        return x
+        return torch.cat([pooled[f] for f in self.features], dim=1)
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         """Logits [B, num_tasks] (tasks in priority order)."""

@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     # table_column_wise; row_wise needs CUDA)
     sharding: list[Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise",
                            "table_row_wise"]] = ["table_wise"]
+    # smallest column-wise shard (columns); None: TorchRec's default. Set it below embedding_dim to
+    # split small tables' columns across processes
+    min_column_shard: Optional[int] = Field(None, gt=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0: cores / nproc
     # fault tolerance: save a resume checkpoint every N optimiser steps (0: off) under resume_root
     # (a persistent volume on a cluster); a restarted stage continues from its last one

@@ -1,7 +1,7 @@
 """Run under torchrun by tests: load a checkpoint into a model sharded over this world (any plan)
 and write every validation row's prediction (rank 0) to an .npy file.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N tests/dist_worker.py CONFIG_JSON DATASET CKPT OUT
+    python -m torch.distributed.run --standalone --nproc_per_node=N tests/dist_worker.py CONFIG_JSON DATASET CKPT OUT [CKPT OUT ...]
 """
 import json
 import sys
@@ -40,8 +40,9 @@ def sharded_predictions(cfg: Config, dataset: str, ckpt: str) -> np.ndarray | No
 
 
 if __name__ == "__main__":
-    cfg_json, dataset, ckpt, out = sys.argv[1:5]
-    pred = sharded_predictions(Config.from_json(Path(cfg_json).read_text()), dataset, ckpt)
-    if dist.get_rank() == 0:
-        np.save(out, pred)
+    cfg_json, dataset, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+    for ckpt, out in zip(rest[::2], rest[1::2]):
+        pred = sharded_predictions(Config.from_json(Path(cfg_json).read_text()), dataset, ckpt)
+        if dist.get_rank() == 0:
+            np.save(out, pred)
     dist.destroy_process_group()

@@ -65,8 +65,8 @@ def shard(model: torch.nn.Module, device: torch.device, train_cfg, embedding_l2:
     apply_optimizer_in_backward(opt_cls, model.sparse.parameters(), emb_args)
     configs = model.sparse.embedding_bag_configs()
     world = dist.get_world_size()
-    model.embedding_grad_scale = 1.0 / world
-    constraints = {c.name: ParameterConstraints(sharding_types=list(train_cfg.sharding))
+    constraints = {c.name: ParameterConstraints(sharding_types=list(train_cfg.sharding),
+                                           min_partition=train_cfg.min_column_shard)
                    for c in configs}
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type), constraints=constraints)
