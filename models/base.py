@@ -46,18 +46,11 @@ class ExpertBank(nn.Module):
             in_dim = d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not len(self.weights):
-            return x.expand(self.num, *x.shape) if x.dim() == 2 else x
-        first = True
+        if x.dim() == 2:  # every expert sees the same input: a stride-0 view, no copy of x per expert
+            x = x.unsqueeze(0).expand(self.num, *x.shape)
         for w, b in zip(self.weights, self.biases):
-            if first and x.dim() == 2:
-                # shared input: one [B, in] x [in, num*d] GEMM for every expert's first layer
-                num, in_dim, d = w.shape
-                y = (x @ w.transpose(0, 1).reshape(in_dim, num * d)).view(x.shape[0], num, d).transpose(0, 1)
-                x = torch.relu(y + b)
-            else:
-                x = torch.relu(torch.baddbmm(b, x, w))
-            first = False
+            # bias fused into the batched GEMM; relu in place (baddbmm's backward does not need its output)
+            x = torch.relu_(torch.baddbmm(b, x, w))
         return x
 
 

@@ -134,3 +134,36 @@ def test_kill_9_mid_stage_resumes_to_the_uninterrupted_result(tiny_dataset, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-exact: same data order, states restored
     assert meta["frozen_optima"] == reference["frozen_optima"]
     assert not any((tmp_path / "resume").iterdir())  # resume state removed once the stage is done
+
+
+def test_next_stage_keeps_saved_experts_and_adds_new_task_parts(tmp_path):
+    """PLE: the stage adding a task loads the saved experts as the leading rows of its grown expert
+    banks; the new task's experts, gate and tower keep their fresh initialisation."""
+    from components.train.distributed import init_process_group, shard
+    from models.registry import build_model
+    from pipelines.config import ModelConfig, TrainConfig
+    from test_models import SPEC
+
+    device = init_process_group()
+    cfg = ModelConfig(arch="ple", ple_levels=2, specific_experts=1, shared_experts=2, embedding_dim=4,
+                      expert_dims=[8], tower_dims=[4])
+
+    def sharded(tasks, seed):
+        torch.manual_seed(seed)
+        return shard(build_model(cfg, SPEC, tasks), device, TrainConfig(), seed=seed)[0]
+
+    one = sharded(1, 0)
+    checkpoint.save(tmp_path / "s1", one, {"tasks": ["a"]})
+    saved = checkpoint.unsharded_state_dict(one)
+    two = sharded(2, 1)
+    fresh = checkpoint.unsharded_state_dict(two)
+    checkpoint.load_into(tmp_path / "s1", two, allow_new_heads=True)
+    got = checkpoint.unsharded_state_dict(two)
+    bank = "levels.1.experts.weights.0"  # rows: 2 shared, task a's, task b's
+    assert torch.equal(got[bank][:3], saved[bank]) and torch.equal(got[bank][3:], fresh[bank][3:])
+    shared_gate = "levels.0.shared_gate.out.weight"  # one output per expert of level 0
+    assert torch.equal(got[shared_gate][:3], saved[shared_gate])
+    assert torch.equal(got["towers.1.1.weight"], fresh["towers.1.1.weight"])
+    assert torch.equal(got["sparse.embedding_bags.t_item_id.weight"], saved["sparse.embedding_bags.t_item_id.weight"])
+    with pytest.raises(checkpoint.CheckpointError, match=r"levels.0.gates.1.out.bias missing from the checkpoint"):
+        checkpoint.load_into(tmp_path / "s1", two)  # without allow_new_heads: the new task's parts are missing

@@ -23,8 +23,10 @@ HIST_LEN = 10
 
 def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per trainer (after warm-up)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per trainer and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; the trainers take turns in each, so load "
+                   "from other processes hits all of them alike (median of rounds reported)")
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--users", type=int, default=20000)
     p.add_argument("--items", type=int, default=30000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -68,17 +70,16 @@ def to_kjt(single, hist):
                                                lengths=torch.from_numpy(lengths))
 
 
-def timed(step, inputs, warmup: int, desc: str) -> float:
-    """Seconds per step (mean over the timed steps)."""
-    for x in inputs[:warmup]:
-        step(x)
+def timed(step, inputs) -> float:
+    """Seconds per step (mean over `inputs`)."""
     t0 = time.perf_counter()
-    for x in tqdm(inputs[warmup:], desc=desc, leave=False):
+    for x in inputs:
         step(x)
-    return (time.perf_counter() - t0) / len(inputs[warmup:])
+    return (time.perf_counter() - t0) / len(inputs)
 
 
-def bench_ours(spec, data, warmup):
+def setup_ours(spec, data):
+    """Our trainer's step: returns (step function, inputs)."""
     from components.train.distributed import init_process_group, shard
     from components.train.loop import train_step
     from components.train.objectives import Objective
@@ -95,10 +96,11 @@ def bench_ours(spec, data, warmup):
     dmp, dense_opt, _ = shard(model, device, TrainConfig(), embedding_l2=1e-6)
     inputs = [(to_kjt(s, h), torch.from_numpy(y)) for s, h, y in data]
     objective = Sum()
-    return timed(lambda x: train_step(dmp, dense_opt, objective, *x), inputs, warmup, "ours")
+    return (lambda x: train_step(dmp, dense_opt, objective, *x)), inputs
 
 
-def bench_peer(spec, data, warmup):
+def setup_peer(spec, data):
+    """torch-rechub's MMOE trained with Adam, its documented way: returns (step function, inputs)."""
     from torch_rechub.basic.features import SequenceFeature, SparseFeature
     from torch_rechub.models.multi_task import MMOE
 
@@ -124,11 +126,11 @@ def bench_peer(spec, data, warmup):
 
     inputs = [({**{f: torch.from_numpy(s[:, i]) for i, f in enumerate(FEATURES)}, "hist": torch.from_numpy(h)},
                torch.from_numpy(y)) for s, h, y in data]
-    return timed(step, inputs, warmup, "torch-rechub")
+    return step, inputs
 
 
-def bench_gemm(batch: int, warmup: int, steps: int) -> float:
-    """Seconds per step of the dense layers' GEMMs alone: for every layer (experts batched, gates, towers)
+def setup_gemm(batch: int, count: int):
+    """A step of the dense layers' GEMMs alone: for every layer (experts batched, gates, towers)
     the forward product and the two backward products (input and weight gradients), fp32."""
     cfg = model_config()
     in_dim = cfg.embedding_dim * (len(FEATURES) + 1)
@@ -151,7 +153,7 @@ def bench_gemm(batch: int, warmup: int, steps: int) -> float:
             torch.mm(g, w.t())
             torch.mm(x.t(), g)
 
-    return timed(step, list(range(warmup + steps)), warmup, "gemm")
+    return step, list(range(count))
 
 
 def run(args) -> int:
@@ -159,21 +161,29 @@ def run(args) -> int:
 
     threads = set_threads(args.threads)
     spec = feature_spec(args.users, args.items)
-    data = synthetic_batches(spec, args.batch_size, args.warmup + args.steps)
     b = args.batch_size
-    rows = [("ours (TorchRec DMP, fused optimizers, batched experts)", b / bench_ours(spec, data, args.warmup))]
+    data = synthetic_batches(spec, b, args.warmup + args.steps)
+    trainers = {"ours (TorchRec DMP, fused optimizers, batched experts)": setup_ours(spec, data)}
     if not args.skip_peer:
-        rows.append(("torch-rechub 0.9.0 MMOE + Adam", b / bench_peer(spec, data, args.warmup)))
-    ceiling = b / bench_gemm(b, args.warmup, args.steps)
-    rows.append(("fp32 GEMM ceiling (dense layers fwd+bwd)", ceiling))
-    table = Table(title=f"train throughput: paper-sized MMoE, batch {b}, {threads} threads")
+        trainers["torch-rechub 0.9.0 MMOE + Adam"] = setup_peer(spec, data)
+    trainers["fp32 GEMM ceiling (dense layers fwd+bwd)"] = setup_gemm(b, args.warmup + args.steps)
+    for step, inputs in trainers.values():
+        timed(step, inputs[:args.warmup])
+    per_step = {name: [] for name in trainers}
+    for _ in tqdm(range(args.rounds), desc="rounds"):
+        for name, (step, inputs) in trainers.items():
+            per_step[name].append(timed(step, inputs[args.warmup:]))
+    rate = {name: b / float(np.median(t)) for name, t in per_step.items()}
+    table = Table(title=f"train throughput: paper-sized MMoE, batch {b}, {threads} threads, "
+                        f"median of {args.rounds} interleaved rounds")
     table.add_column("trainer")
     table.add_column("samples/s", justify="right")
-    for name, v in rows:
+    for name, v in rate.items():
         table.add_row(name, f"{v:,.0f}")
     Console().print(table)
-    ours = rows[0][1]
-    peer = rows[1][1] if not args.skip_peer else None
+    ours, *rest = rate.values()
+    peer = rest[0] if not args.skip_peer else None
+    ceiling = rest[-1]
     print(json.dumps({"ours_samples_per_s": round(ours, 1), "peer_samples_per_s": peer and round(peer, 1),
                       "ratio_vs_peer": peer and round(ours / peer, 3),
                       "gemm_ceiling_fraction": round(ours / ceiling, 3), "batch_size": b, "threads": threads}))
