@@ -73,7 +73,7 @@ def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
 
 class MultiTaskModel(nn.Module):
     def __init__(self, sparse: EmbeddingBagCollection, features: list[str], num_tasks: int, *,
-                 head: str = "towers", tower_dims: list[int] = (32,)):
+                 head: str = "towers", tower_dims: list[int] = (32,), embedding_l2: float = 0.0):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
@@ -88,6 +88,7 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"features {missing} have no embedding table (tables cover {sorted(per_feature)})")
         self.input_dim = sum(per_feature[f] for f in self.features)
         self.tower_dims = list(tower_dims)
+        self.embedding_l2 = embedding_l2
 
     def build_towers(self, rep_dim: int) -> None:
         """Called by the architecture once it knows its representation size."""
@@ -97,7 +98,14 @@ class MultiTaskModel(nn.Module):
 
     def embed(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.sparse(kjt).to_dict()
-        return torch.cat([pooled[f] for f in self.features], dim=1)
+        x = torch.cat([pooled[f] for f in self.features], dim=1)
+        if self.embedding_l2 > 0 and x.requires_grad:
+            # L2 on the looked-up embeddings, l2 * mean_batch ||x||^2, added as its gradient: the fused
+            # embedding optimizer then decays exactly the rows this batch touched
+            coef = 2.0 * self.embedding_l2 / x.shape[0]
+            saved = x.detach()
+            x.register_hook(lambda g: g + coef * saved)
+        return x
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         """Logits [B, num_tasks] (tasks in priority order)."""

@@ -13,7 +13,7 @@ ARCHITECTURES = {"shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "ple
 def arch_kwargs(model_cfg) -> dict:
     """The config keys each architecture takes."""
     common = {"head": model_cfg.head, "tower_dims": list(model_cfg.tower_dims),
-              "expert_dims": list(model_cfg.expert_dims)}
+              "expert_dims": list(model_cfg.expert_dims), "embedding_l2": model_cfg.embedding_l2}
     if model_cfg.arch in ("omoe", "mmoe"):
         common.update(num_experts=model_cfg.num_experts, gate_dims=list(model_cfg.gate_dims))
     elif model_cfg.arch == "ple":

@@ -72,14 +72,15 @@ class ModelConfig(_Strict):
     ple_levels: int = Field(1, gt=0)
     specific_experts: int = Field(1, gt=0)  # per task and level (ple)
     shared_experts: int = Field(1, gt=0)  # per level (ple)
-    embedding_l2: float = Field(0.0, ge=0)  # L2 (weight decay) on the embedding rows a batch touches
+    embedding_l2: float = Field(0.0, ge=0)  # L2 on the embeddings a batch looks up (gradient only)
 
 
 class TrainConfig(_Strict):
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(1e-3, gt=0)
     embedding_lr: float = Field(0.05, gt=0)
-    embedding_optimizer: Literal["rowwise_adagrad", "adam"] = "rowwise_adagrad"  # fused into backward
+    # fused into backward; adam needs CUDA (fbgemm's CPU kernels: rowwise_adagrad, adagrad, sgd)
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     max_epochs: int = Field(8, gt=0)
     patience: int = Field(1, ge=0)  # epochs without validation improvement before stopping
     nproc: int = Field(1, ge=1)  # processes of a stage (torchrun --nproc_per_node); one per GPU on GPUs
@@ -95,6 +96,7 @@ class TrainConfig(_Strict):
     # (a persistent volume on a cluster); a restarted stage continues from its last one
     checkpoint_every: int = Field(0, ge=0)
     resume_root: Optional[str] = None
+    retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)
 
 
 class NMTConfig(_Strict):

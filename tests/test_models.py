@@ -20,6 +20,15 @@ ARCH_CFG = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is many times faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def toy_batch(n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     users = torch.randint(1, 20, (n,), generator=g)

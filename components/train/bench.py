@@ -44,7 +44,7 @@ def model_config():
     from pipelines.config import ModelConfig
 
     return ModelConfig(arch="mmoe", embedding_dim=16, num_experts=4, expert_dims=[512, 512, 512],
-                       gate_dims=[], tower_dims=[128, 64])
+                       gate_dims=[], tower_dims=[128, 64], embedding_l2=1e-6)
 
 
 def synthetic_batches(spec: dict, batch: int, count: int, seed: int = 0):
@@ -93,7 +93,7 @@ def setup_ours(spec, data):
     device = init_process_group()
     torch.manual_seed(0)
     model = build_model(model_config(), spec, 2)
-    dmp, dense_opt, _ = shard(model, device, TrainConfig(), embedding_l2=1e-6)
+    dmp, dense_opt, _ = shard(model, device, TrainConfig())
     inputs = [(to_kjt(s, h), torch.from_numpy(y)) for s, h, y in data]
     objective = Sum()
     return (lambda x: train_step(dmp, dense_opt, objective, *x)), inputs

@@ -81,7 +81,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     train = load_split(dataset_dir, spec, "train", cfg.tasks)
     valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
     model = build_model(cfg.model, spec, len(cfg.tasks))
-    dmp, dense_opt, plan = shard(model, device, cfg.train, cfg.model.embedding_l2, seed=cfg.seed)
+    dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
     plan = log_plan(plan, label)
     if prev is not None:
         checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)

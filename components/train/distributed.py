@@ -16,7 +16,6 @@ import zlib
 
 import torch
 import torch.distributed as dist
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -28,7 +27,9 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 log = logging.getLogger("nmtrec.train")
 
-EMBEDDING_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adam": torch.optim.Adam}
+EMBEDDING_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD,
+                        "adam": torch.optim.Adam}
+CUDA_ONLY = {"adam"}
 
 
 def init_process_group() -> torch.device:
@@ -55,14 +56,14 @@ def set_threads(threads: int) -> int:
     return threads
 
 
-def shard(model: torch.nn.Module, device: torch.device, train_cfg, embedding_l2: float = 0.0, seed: int = 0):
+def shard(model: torch.nn.Module, device: torch.device, train_cfg, seed: int = 0):
     """Fused embedding optimizer, planner-chosen sharding within `train_cfg.sharding`, fused Adam on
     the dense part. Returns (DMP model, dense optimizer, plan)."""
+    if train_cfg.embedding_optimizer in CUDA_ONLY and device.type != "cuda":
+        raise ValueError(f"train.embedding_optimizer {train_cfg.embedding_optimizer!r} needs CUDA; on the CPU "
+                         f"use one of {sorted(set(EMBEDDING_OPTIMIZERS) - CUDA_ONLY)}")
     opt_cls = EMBEDDING_OPTIMIZERS[train_cfg.embedding_optimizer]
-    emb_args = {"lr": train_cfg.embedding_lr}
-    if embedding_l2 > 0:  # L2 on the rows a batch touches, applied inside the fused update
-        emb_args.update(weight_decay=embedding_l2, weight_decay_mode=WeightDecayMode.L2)
-    apply_optimizer_in_backward(opt_cls, model.sparse.parameters(), emb_args)
+    apply_optimizer_in_backward(opt_cls, model.sparse.parameters(), {"lr": train_cfg.embedding_lr})
     configs = model.sparse.embedding_bag_configs()
     world = dist.get_world_size()
     constraints = {c.name: ParameterConstraints(sharding_types=list(train_cfg.sharding),
