@@ -167,3 +167,18 @@ def test_next_stage_keeps_saved_experts_and_adds_new_task_parts(tmp_path):
     assert torch.equal(got["sparse.embedding_bags.t_item_id.weight"], saved["sparse.embedding_bags.t_item_id.weight"])
     with pytest.raises(checkpoint.CheckpointError, match=r"levels.0.gates.1.out.bias missing from the checkpoint"):
         checkpoint.load_into(tmp_path / "s1", two)  # without allow_new_heads: the new task's parts are missing
+
+
+def test_compiled_train_steps_carry_the_retry_policy(tmp_path):
+    import yaml
+
+    from pipelines.cli import main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"tasks": ["like", "click"], "name": "retry",
+                                        "train": {"retries": 3, "checkpoint_every": 50, "resume_root": "/mnt/resume"}}))
+    assert main(["compile", "--config", str(cfg_file), "--output", str(tmp_path / "p.yaml")]) == 0
+    tasks = yaml.safe_load((tmp_path / "p.yaml").read_text())["root"]["dag"]["tasks"]
+    stages = {k: v for k, v in tasks.items() if k.startswith("train-stage")}
+    assert len(stages) == 2 and all(v["retryPolicy"]["maxRetryCount"] == 3 for v in stages.values())
+    assert "retryPolicy" not in tasks["evaluate"]
