@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from components.preprocess.read import PreprocessError
 from pipelines.config import ConfigError, load_config
 from pipelines.submit import SubmitError
 from pipelines.trainjob import TrainJobError
@@ -61,10 +62,33 @@ def _add_start_args(p) -> None:
     p.add_argument("--from-stage", type=int, metavar="K", help="k, for a remote --from-checkpoint URI")
 
 
+def _preprocess(args) -> int:
+    from components.preprocess.core import run_preprocess
+    from components.preprocess.run import spec_from_config
+
+    cfg = load_config(args.config)
+    source = args.input or cfg.data.path
+    if not source:
+        raise ConfigError(f"{args.config}: data.path is not set; give the input file with --input")
+    if args.runner:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"runner": args.runner})})
+    spec = run_preprocess(source, args.output, spec_from_config(cfg))
+    print(json.dumps({s: v["rows"] for s, v in spec["splits"].items()}))
+    return 0
+
+
+def _generate(args) -> int:
+    from components.generate.core import SyntheticSpec, generate
+
+    cfg = load_config(args.config)
+    rows = generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), args.output)
+    print(f"{rows} rows -> {args.output}")
+    return 0
+
+
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {
-    "stage-reuse": "pipelines.bench_reuse",
-}
+BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict",
+                              "train": "components.train.bench", "stage-reuse": "pipelines.bench_reuse"}
 
 
 def _bench(args) -> int:
@@ -98,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image", help="container image of the steps (default: cluster.image)")
     _add_start_args(s)
     s.set_defaults(func=_submit)
+    pp = sub.add_parser("preprocess", help="Beam preprocessing of a data file into Parquet splits + feature spec")
+    pp.add_argument("--config", required=True)
+    pp.add_argument("--input", help="data file (default: the config's data.path)")
+    pp.add_argument("--output", required=True, help="dataset directory to write")
+    pp.add_argument("--runner", help="Beam runner (default: data.runner), e.g. FlinkRunner")
+    pp.set_defaults(func=_preprocess)
+    g = sub.add_parser("generate", help="write the config's synthetic CSV (data.synthetic)")
+    g.add_argument("--config", required=True)
+    g.add_argument("--output", required=True, help="CSV file to write")
+    g.set_defaults(func=_generate)
     if BENCHMARKS:
         import importlib
 
@@ -114,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, PreprocessError) as e:  # the message names the file and line or key
         print(f"nmtrec: error: {e}", file=sys.stderr)
         return 2
     except (SubmitError, TrainJobError) as e:  # they name the host or job and what failed

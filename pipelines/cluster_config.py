@@ -64,7 +64,9 @@ class ClusterConfig(_Strict):
     shm_size: Optional[str] = Field("8Gi", pattern=MEMORY)  # /dev/shm (NCCL) on train pods
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
-    retries: int = Field(2, ge=0)  # KFP retry policy of train steps (a lost pod resumes from its checkpoint)
+    # KFP retry policy of train steps on the cluster (a retried stage resumes from its last checkpoint,
+    # see train.checkpoint_every / train.resume_root); None: train.retries
+    retries: Optional[int] = Field(None, ge=0)
     retry_backoff: str = Field("60s", pattern=DURATION)
     # shared ReadWriteMany volume that the train step and the TrainJob's nodes both mount (nodes > 1)
     shared_pvc: Optional[str] = None

@@ -48,11 +48,12 @@ def data_config_json(cfg: Config) -> str:
 
 
 def stage_config_json(cfg: Config, stage: int) -> str:
-    """What stage k depends on: tasks[:k+1] and everything but the run name and the cluster section
-    (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
-    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "cluster": None}
+    """What stage k depends on: tasks[:k+1] and everything but the run name, the cluster section and
+    train.retries (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
+    train = {"retries": 0}  # how often a step is retried is not what it computes
     if cfg.cluster is not None and cfg.cluster.gpus:
-        update["train"] = cfg.train.model_copy(update={"nproc": cfg.cluster.gpus})
+        train["nproc"] = cfg.cluster.gpus
+    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "cluster": None, "train": cfg.train.model_copy(update=train)}
     return cfg.model_copy(update=update).to_json()
 
 
@@ -96,6 +97,8 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
                 step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
             step.set_display_name(f"stage-{k + 1}-{cfg.tasks[k]}")
             stage_tasks[step.name] = f"stage-{k + 1}-{cfg.tasks[k]}"
+            if cfg.train.retries:  # a retried step resumes from its last checkpoint (cluster.retries overrides)
+                step.set_retry(num_retries=cfg.train.retries, backoff_duration="30s")
             previous = step.outputs["checkpoint"]
         ev = ops.evaluate(config_json=stage_config_json(cfg, len(cfg.tasks) - 1), dataset=dataset,
                           checkpoint=previous).set_display_name("evaluate")

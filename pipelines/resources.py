@@ -41,7 +41,7 @@ def apply_to_task(task, kind: str, cc: ClusterConfig) -> None:
         kubernetes.add_node_selector(task, key, value)
     for tol in cc.tolerations:
         kubernetes.add_toleration(task, **tol.model_dump())
-    if kind in ("train", "trainjob"):
+    if kind in ("train", "trainjob") and cc.retries is not None:
         # a lost pod is retried; the stage resumes from its last periodic checkpoint
         task.set_retry(cc.retries, backoff_duration=cc.retry_backoff, backoff_factor=2.0)
     if kind == "train":

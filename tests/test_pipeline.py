@@ -31,6 +31,8 @@ def test_local_run_writes_report(tmp_path, capsys):
     assert report["tasks"] == ["like", "click"]
     assert set(report["methods"]["nmt"]["auc"]) == {"like", "click"}
     assert [s["task"] for s in report["stages"]] == ["like", "click"]
+    # synthetic data carries its true probabilities through generate -> preprocess -> evaluate
+    assert set(report["oracle_auc"]) == {"like", "click"}
     assert "nmt" in capsys.readouterr().out
 
 

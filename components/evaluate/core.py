@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from components.evaluate.metrics import auc, gauc, logloss
+from components.evaluate.oracle import oracle_report
 from components.train import checkpoint
 from components.train.data import load_split, make_batch
 from models.registry import build_model
@@ -52,6 +53,7 @@ def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") ->
 def build_report(final_ckpt: str, dataset_dir: str) -> dict:
     metrics, meta = evaluate_checkpoint(final_ckpt, dataset_dir)
     return {
+        **oracle_report(dataset_dir, meta["tasks"]),
         "tasks": meta["tasks"],
         "methods": {"nmt": metrics},
         "stages": [{"task": s["task"], "frozen_optima": s["frozen_optima"], "lambda_final": s["lambda_final"],
