@@ -111,3 +111,17 @@ def test_bad_cluster_config_names_the_key(tmp_path, capsys, cluster, key, words)
     err = capsys.readouterr().err
     assert f"{key}:" in err and words in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_retries_from_train_section_and_cluster_override(tmp_path):
+    base = {"name": "r", "tasks": ["like", "click"], "train": {"retries": 2}}
+    spec = compile_config(tmp_path, {**base, "cluster": {"gpus": 1}})
+    dag = spec["root"]["dag"]["tasks"]
+    assert [dag[t]["retryPolicy"]["maxRetryCount"] for t in ("train-stage", "train-stage-2")] == [2, 2]
+    spec = compile_config(tmp_path, {**base, "cluster": {"gpus": 1, "retries": 5}})
+    dag = spec["root"]["dag"]["tasks"]
+    assert [dag[t]["retryPolicy"]["maxRetryCount"] for t in ("train-stage", "train-stage-2")] == [5, 5]
+    # retries never change what a stage computes, so they are not among its inputs (cache keys)
+    plain = compile_config(tmp_path, {"name": "r", "tasks": ["like", "click"]})["root"]["dag"]["tasks"]
+    assert dag["train-stage-2"]["inputs"]["parameters"]["config_json"] == \
+        plain["train-stage-2"]["inputs"]["parameters"]["config_json"]
