@@ -14,12 +14,12 @@ from pipelines.trainjob import TrainJobError
 def _start(cfg, args):
     """--from-checkpoint URI [--from-stage K] -> a reuse.StartPoint, or None."""
     if not getattr(args, "from_checkpoint", None):
-        if getattr(args, "from_stage", None) is not None:
-            raise ConfigError("--from-stage needs --from-checkpoint")
+        if getattr(args, "from_stage", None) is not None or getattr(args, "first_stage", None):
+            raise ConfigError("--from-stage and --first-stage need --from-checkpoint")
         return None
     from pipelines.reuse import resolve_start
 
-    return resolve_start(cfg, args.from_checkpoint, args.from_stage)
+    return resolve_start(cfg, args.from_checkpoint, args.from_stage, args.first_stage)
 
 
 def _run(args) -> int:
@@ -60,6 +60,9 @@ def _add_start_args(p) -> None:
     p.add_argument("--from-checkpoint", metavar="URI",
                    help="start after an earlier run's stage-k checkpoint artifact (reuses stages 1..k)")
     p.add_argument("--from-stage", type=int, metavar="K", help="k, for a remote --from-checkpoint URI")
+    p.add_argument("--first-stage", metavar="URI",
+                   help="stage 1's checkpoint of the same run, when --from-checkpoint is a later stage (the "
+                        "report's single-task baseline)")
 
 
 def _preprocess(args) -> int:

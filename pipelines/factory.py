@@ -85,7 +85,8 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
         dataset = prep.outputs["dataset"]
         previous, first = None, 0
         if start is not None:
-            previous = reuse.import_checkpoint(start).outputs["artifact"]
+            last, first_import = reuse.import_checkpoint(start)
+            previous = last.outputs["artifact"]
             first = start.stages_done
         for k in range(first, len(cfg.tasks)):
             inputs = {"previous": previous} if previous is not None else {}

@@ -55,12 +55,29 @@ def key_by_code() -> None:
 class StartPoint:
     uri: str
     stages_done: int  # k: the artifact is stage k's output; the pipeline starts at stage k+1
+    first_stage_uri: str | None = None  # stage 1's artifact (the report's single-task baseline)
 
 
-def resolve_start(cfg: Config, uri: str, stages_done: int | None = None) -> StartPoint:
-    """Check a --from-checkpoint URI against the config. A local checkpoint is read here (task order and
-    model hash are compared now, before anything runs); a remote one needs --from-stage and is checked
-    by the stage itself."""
+def resolve_start(cfg: Config, uri: str, stages_done: int | None = None, first_stage: str | None = None) -> StartPoint:
+    """Check --from-checkpoint (and --first-stage) against the config; see _resolve_one."""
+    start = _resolve_one(cfg, uri, stages_done, "--from-checkpoint")
+    if start.stages_done == 1:
+        if first_stage is not None:
+            raise ConfigError("--first-stage: not needed, --from-checkpoint is stage 1's checkpoint")
+        return StartPoint(start.uri, 1, start.uri)
+    if first_stage is None:
+        raise ConfigError(f"--from-checkpoint holds stage {start.stages_done}: give stage 1's checkpoint of the same "
+                          "run with --first-stage URI too (the report's single-task baseline)")
+    first = _resolve_one(cfg, first_stage, 1 if "://" in first_stage.removeprefix("file://") else None,
+                         "--first-stage")
+    if first.stages_done != 1:
+        raise ConfigError(f"--first-stage {first_stage}: holds stage {first.stages_done}, not stage 1")
+    return StartPoint(start.uri, start.stages_done, first.uri)
+
+
+def _resolve_one(cfg: Config, uri: str, stages_done: int | None, flag: str) -> StartPoint:
+    """A local checkpoint is read here (task order and model hash are compared now, before anything
+    runs); a remote one needs its stage number and is checked by the stage that loads it."""
     local = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" not in local:
         from components.train.checkpoint import CheckpointError, read_meta
@@ -70,24 +87,29 @@ def resolve_start(cfg: Config, uri: str, stages_done: int | None = None) -> Star
         try:
             meta = read_meta(path)
         except CheckpointError as e:
-            raise ConfigError(f"--from-checkpoint: {e}") from None
+            raise ConfigError(f"{flag}: {e}") from None
         k = len(meta.get("tasks", []))
         if stages_done is not None and stages_done != k:
-            raise ConfigError(f"--from-checkpoint {uri}: holds stage {k} ({meta.get('tasks')}), not stage {stages_done}")
+            raise ConfigError(f"{flag} {uri}: holds stage {k} ({meta.get('tasks')}), not stage {stages_done}")
         if k >= len(cfg.tasks):
-            raise ConfigError(f"--from-checkpoint {uri}: already covers all tasks {cfg.tasks}: nothing left to train")
+            raise ConfigError(f"{flag} {uri}: already covers all tasks {cfg.tasks}: nothing left to train")
         try:
             check_previous(meta, cfg, k, uri)
         except CheckpointError as e:
-            raise ConfigError(f"--from-checkpoint: {e}") from None
+            raise ConfigError(f"{flag}: {e}") from None
         return StartPoint(str(path), k)
     if stages_done is None:
-        raise ConfigError(f"--from-checkpoint {uri}: a remote checkpoint needs --from-stage K (the stage it holds)")
+        raise ConfigError(f"{flag} {uri}: a remote checkpoint needs --from-stage K (the stage it holds)")
     if not 1 <= stages_done < len(cfg.tasks):
         raise ConfigError(f"--from-stage {stages_done}: must be between 1 and {len(cfg.tasks) - 1} for tasks {cfg.tasks}")
     return StartPoint(uri, stages_done)
 
 
 def import_checkpoint(start: StartPoint):
-    return dsl.importer(artifact_uri=start.uri, artifact_class=dsl.Model, reimport=False).set_display_name(
+    """(importer of stage k's artifact, importer of stage 1's artifact: the same one when k = 1)."""
+    last = dsl.importer(artifact_uri=start.uri, artifact_class=dsl.Model, reimport=False).set_display_name(
         f"import-stage-{start.stages_done}")
+    if start.first_stage_uri in (None, start.uri):
+        return last, last
+    first = dsl.importer(artifact_uri=start.first_stage_uri, artifact_class=dsl.Model, reimport=False)
+    return last, first.set_display_name("import-stage-1")

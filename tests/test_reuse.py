@@ -70,17 +70,21 @@ def test_cache_keys_follow_what_a_stage_depends_on():
 def test_from_checkpoint_starts_at_the_next_stage(two_task_run, tmp_path, capsys):
     root, cfg, _ = two_task_run
     ckpt = only((root / "two" / "kfp").glob("*/train-stage-2/checkpoint"))
+    stage1 = only((root / "two" / "kfp").glob("*/train-stage/checkpoint"))
     three = cfg.model_copy(update={"name": "from-ckpt", "tasks": ["like", "click", "follow"]})
     f = write_config(tmp_path / "three.yaml", three)
+    start = ["--from-checkpoint", str(ckpt), "--first-stage", str(stage1)]
+    # stage 2's checkpoint alone is not enough: the report also evaluates stage 1's model
+    assert main(["compile", "--config", str(f), "--output", str(tmp_path / "p.yaml"), *start[:2]]) == 2
+    assert "give stage 1's checkpoint of the same run with --first-stage" in capsys.readouterr().err
     # compiled: an importer feeds the first train step, which is stage 3
-    assert main(["compile", "--config", str(f), "--output", str(tmp_path / "p.yaml"),
-                 "--from-checkpoint", str(ckpt)]) == 0
+    assert main(["compile", "--config", str(f), "--output", str(tmp_path / "p.yaml"), *start]) == 0
     dag = yaml.safe_load((tmp_path / "p.yaml").read_text())["root"]["dag"]["tasks"]
     trains = sorted(t for t in dag if t.startswith("train-stage"))
     assert trains == ["train-stage"] and dag["train-stage"]["taskInfo"]["name"] == "stage-3-follow"
     assert dag["train-stage"]["inputs"]["artifacts"]["previous"]["taskOutputArtifact"]["producerTask"] == "importer"
     # and run locally
-    assert main(["run", "--config", str(f), "--output", str(root / "from-ckpt"), "--from-checkpoint", str(ckpt)]) == 0
+    assert main(["run", "--config", str(f), "--output", str(root / "from-ckpt"), *start]) == 0
     assert "stages trained: stage-3-follow" in capsys.readouterr().out
     report = json.loads((root / "from-ckpt" / "report.json").read_text())
     before = json.loads((root / "two" / "report.json").read_text())["stages"]
@@ -113,7 +117,8 @@ def test_remote_checkpoint_needs_its_stage(tmp_path, capsys):
                  "--from-checkpoint", "s3://bucket/run/stage-2"]) == 2
     assert "needs --from-stage K" in capsys.readouterr().err
     assert main(["compile", "--config", str(f), "--output", str(tmp_path / "p.yaml"),
-                 "--from-checkpoint", "s3://bucket/run/stage-2", "--from-stage", "2"]) == 0
+                 "--from-checkpoint", "s3://bucket/run/stage-2", "--from-stage", "2",
+                 "--first-stage", "s3://bucket/run/stage-1"]) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     importer = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
     assert importer["artifactUri"]["constant"] == "s3://bucket/run/stage-2"
