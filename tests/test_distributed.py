@@ -180,8 +180,9 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     import time
 
     data = str(tiny_dataset / "dataset")
+    # no resume_root: the default, `<stage output>.resume`
     train = {"batch_size": 64, "max_epochs": 1, "patience": 0, "threads": 1, "checkpoint_every": 5,
-             "resume_root": str(tmp_path / "resume"), "sharding": ["table_wise"]}
+             "sharding": ["table_wise"]}
 
     def launch(nproc, out):
         f = tmp_path / f"cfg{nproc}.json"
@@ -192,7 +193,7 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     proc = launch(2, "out")
     killed_at, deadline = None, time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        metas = list((tmp_path / "resume").glob("*/last/stage.json"))
+        metas = list((tmp_path / "out.resume").glob("*/last/stage.json"))
         if metas and json.loads(metas[0].read_text())["step"] >= 20:
             for pid in reversed(_descendants(proc.pid)):  # the workers, then torchrun, then us
                 os.kill(pid, signal.SIGKILL)
@@ -208,7 +209,7 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     assert "resuming from" in log, log[-2000:]
     resumed = int(log.split("at step ")[1].split()[0])
     assert resumed >= 20
-    train["resume_root"] = None
+    assert not (tmp_path / "out.resume").exists()  # resume state removed once the stage is done
     train["checkpoint_every"] = 0
     ref_log, _ = launch(1, "ref").communicate(timeout=300)
     a = torch.load(tmp_path / "out" / checkpoint.UNSHARDED, weights_only=True)

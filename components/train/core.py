@@ -92,11 +92,9 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "model_hash": cfg.model_hash(),
             "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
     resumer = None
-    if cfg.train.resume_root or cfg.train.checkpoint_every:
-        # default: beside the stage's output, which a retried KFP step (or a rerun) writes again
-        root = cfg.train.resume_root or f"{out_dir}.resume"
-        resumer = Resumer(root, stage_key(cfg.to_json(), stage, task), cfg.train.checkpoint_every, meta, plan,
-                          remove_root=not cfg.train.resume_root)
+    if cfg.train.resume_root:
+        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, task), cfg.train.checkpoint_every,
+                          meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,

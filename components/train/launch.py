@@ -22,6 +22,10 @@ class LaunchError(RuntimeError):
 
 def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None) -> dict:
     cfg = Config.from_json(config_json)
+    if cfg.train.checkpoint_every and not cfg.train.resume_root:
+        # default resume root: beside the stage's output, which a retried KFP step (or a rerun) writes again
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume_root": f"{out_dir}.resume"})})
+        config_json = cfg.to_json()
     if cfg.train.nproc > 1 and "RANK" not in os.environ:
         return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir)
     from components.train.core import run_stage

@@ -35,10 +35,8 @@ def stage_key(config_json: str, stage: int, task: str) -> str:
 
 
 class Resumer:
-    def __init__(self, root: str | Path, key: str, every: int, meta: dict, plan: dict | None = None,
-                 remove_root: bool = False):
+    def __init__(self, root: str | Path, key: str, every: int, meta: dict, plan: dict | None = None):
         self.dir = Path(root) / key
-        self.remove_root = remove_root
         self.every = every
         self.meta = meta
         self.plan = plan
@@ -81,5 +79,6 @@ class Resumer:
             dist.barrier()
         if dist.get_rank() == 0:
             shutil.rmtree(self.dir, ignore_errors=True)
-            if self.remove_root and self.dir.parent.is_dir() and not any(self.dir.parent.iterdir()):
-                self.dir.parent.rmdir()  # the default root `<out>.resume` holds nothing else
+            root = self.dir.parent
+            if root.name.endswith(".resume") and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # the default root `<stage output>.resume` (launch.py), now empty
