@@ -66,7 +66,7 @@ def _generate(args) -> int:
 
 
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict"}
+BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict", "train": "components.train.bench"}
 
 
 def _bench(args) -> int:

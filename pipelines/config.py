@@ -83,23 +83,42 @@ class FeatureConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["mmoe"] = "mmoe"
+    arch: Literal["shared_bottom", "omoe", "mmoe", "ple"] = "mmoe"
+    # towers: one tower per task; shared_score: one output score for every task (pairwise ranking)
+    head: Literal["towers", "shared_score"] = "towers"
     embedding_dim: int = Field(16, gt=0)
-    num_experts: int = Field(4, gt=0)
-    expert_dims: list[int] = [64]
+    num_experts: int = Field(4, gt=0)  # omoe / mmoe
+    expert_dims: list[int] = [64]  # the shared bottom's layers for shared_bottom
+    gate_dims: list[int] = []  # hidden layers of each gate (empty: a linear gate)
     tower_dims: list[int] = [32]
+    ple_levels: int = Field(1, gt=0)
+    specific_experts: int = Field(1, gt=0)  # per task and level (ple)
+    shared_experts: int = Field(1, gt=0)  # per level (ple)
+    embedding_l2: float = Field(0.0, ge=0)  # L2 on the embeddings a batch looks up (gradient only)
 
 
 class TrainConfig(_Strict):
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(1e-3, gt=0)
     embedding_lr: float = Field(0.05, gt=0)
+    # fused into backward; adam needs CUDA (fbgemm's CPU kernels: rowwise_adagrad, adagrad, sgd)
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     max_epochs: int = Field(8, gt=0)
     patience: int = Field(1, ge=0)  # epochs without validation improvement before stopping
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(1, ge=1)  # processes of a stage (torchrun --nproc_per_node); one per GPU on GPUs
     # sharding types the planner may choose from (CPU/gloo: data_parallel, table_wise, column_wise,
     # table_column_wise; row_wise needs CUDA)
-    sharding: list[str] = ["table_wise"]
+    sharding: list[Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise",
+                           "table_row_wise"]] = ["table_wise"]
+    # smallest column-wise shard (columns); None: TorchRec's default. Set it below embedding_dim to
+    # split small tables' columns across processes
+    min_column_shard: Optional[int] = Field(None, gt=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0: cores / nproc
+    # fault tolerance: save a resume checkpoint every N optimiser steps (0: off) under resume_root
+    # (a persistent volume on a cluster); a restarted stage continues from its last one
+    checkpoint_every: int = Field(0, ge=0)
+    resume_root: Optional[str] = None
+    retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)
 
 
 class NMTConfig(_Strict):

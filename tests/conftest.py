@@ -28,7 +28,8 @@ def tiny_config(**overrides) -> Config:
         "name": "tiny", "seed": 3, "tasks": ["like", "click"],
         "data": {"synthetic": {"rows": 6000, "users": 300, "items": 400}, "chunk_bytes": 100_000},
         "model": {"embedding_dim": 8, "num_experts": 2, "expert_dims": [16], "tower_dims": [8]},
-        "train": {"batch_size": 256, "max_epochs": 2, "patience": 0},
+        # one thread: tiny matrices on a shared 2-core machine run many times faster than with two
+        "train": {"batch_size": 256, "max_epochs": 2, "patience": 0, "threads": 1},
     }
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

@@ -21,13 +21,25 @@ import torch.distributed as dist
 
 from components.train import checkpoint
 from components.train.data import load_split
-from components.train.distributed import init_process_group, shard
+from components.train.distributed import init_process_group, log_plan, set_threads, shard
 from components.train.loop import mean_losses, train_stage
 from components.train.objectives import NMTStage, SingleTask
+from components.train.resume import Resumer, stage_key
 from models.registry import build_model
+from models.sparse import check_spec
 from pipelines.config import Config
 
 log = logging.getLogger("nmtrec.train")
+
+
+def config_diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
 
 
 def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
@@ -38,9 +50,14 @@ def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
             f"{where}: checkpoint was trained for tasks {meta.get('tasks')} but stage {stage + 1} "
             f"needs the higher-priority tasks {want} in this order (priorities changed? retrain from stage 1)")
     if meta.get("model_hash") != cfg.model_hash():
+        mine = json.loads(cfg.to_json())
+        theirs = meta.get("config", {})
+        differs = config_diff({k: theirs.get(k) for k in ("model", "features")},
+                              {k: mine[k] for k in ("model", "features")})
         raise checkpoint.CheckpointError(
             f"{where}: checkpoint model/features hash {meta.get('model_hash')} differs from this config's "
-            f"{cfg.model_hash()} (model or features changed: retrain from stage 1)")
+            f"{cfg.model_hash()} (checkpoint vs this config: {'; '.join(differs) or 'unknown'}; "
+            f"model or features changed: retrain from stage 1)")
 
 
 def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None) -> dict:
@@ -50,6 +67,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     task = cfg.tasks[stage]
     label = f"stage {stage + 1} ({task})"
     spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    check_spec(spec, cfg.features)
     prev = None
     if stage > 0:
         if previous_dir is None:
@@ -58,26 +76,31 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         check_previous(prev, cfg, stage, previous_dir)
 
     device = init_process_group()
-    torch.manual_seed(cfg.seed + stage)
+    set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed + stage)  # the dense init: identical on every rank and for any plan
     train = load_split(dataset_dir, spec, "train", cfg.tasks)
     valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
     model = build_model(cfg.model, spec, len(cfg.tasks))
-    dmp, dense_opt, plan = shard(model, device, cfg.train.embedding_lr, cfg.train.lr, cfg.train.sharding)
-    if dist.get_rank() == 0:
-        log.info("%s sharding plan:\n%s", label, plan)
+    dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
+    plan = log_plan(plan, label)
     if prev is not None:
-        checkpoint.load_into(previous_dir, dmp, allow_new_heads=True)
+        checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
     frozen = {j: prev["frozen_optima"][cfg.tasks[j]] for j in range(stage)} if prev else {}
     n = cfg.nmt
     objective = NMTStage(stage, frozen, n.lambda_init, n.tau, n.tolerance, n.ema) if stage else SingleTask(0)
     meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "model_hash": cfg.model_hash(),
-            "config": json.loads(cfg.to_json()), "plan": str(plan)}
-    with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as best_dir:
+            "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
+    resumer = None
+    if cfg.train.resume_root:
+        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, task), cfg.train.checkpoint_every,
+                          meta, plan)
+    with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
+        best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
-                              best_dir=Path(best_dir) / "best", meta=meta, label=label)
+                              best_dir=best_dir, meta=meta, label=label, resumer=resumer)
     train_loss = mean_losses(dmp, train, cfg.train.batch_size)
     valid_loss = mean_losses(dmp, valid, cfg.train.batch_size)
     frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: float(train_loss[stage])}
@@ -89,5 +112,16 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         "epochs": history["epochs"], "history": history,
     }
     meta.update(frozen_optima=frozen_optima, stages=(prev["stages"] if prev else []) + [stage_record])
-    checkpoint.save(out_dir, dmp, meta)
+    checkpoint.save(out_dir, dmp, meta, plan=plan)
+    if resumer is not None:
+        resumer.cleanup()
     return meta
+
+
+def _shared_tmp(local: str) -> str:
+    """A temporary directory every rank agrees on (rank 0's), for the best-validation checkpoint."""
+    if dist.get_world_size() == 1:
+        return local
+    box = [local]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
