@@ -21,7 +21,7 @@ def _run(args) -> int:
     print(f"\nNMT run '{cfg.name}': tasks in priority order {' > '.join(cfg.tasks)} "
           f"({time.time() - start:.0f}s)\n")
     print(summary_table(report))
-    print(f"\nreport: {report_path}")
+    print(f"\nreport: {report_path}\nHTML report: {report_path.with_name('report.html')}")
     return 0
 
 

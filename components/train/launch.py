@@ -7,11 +7,12 @@ import sys
 from pipelines.config import Config
 
 
-def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None) -> dict:
+def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
+                     method: str = "nmt") -> dict:
     from components.train.core import run_stage
 
     cfg = Config.from_json(config_json)
-    return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir)
+    return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method=method)
 
 
 if __name__ == "__main__":  # python -m components.train.launch CONFIG_JSON STAGE DATASET OUT [PREVIOUS]

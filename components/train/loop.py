@@ -25,18 +25,24 @@ class NonFiniteLoss(RuntimeError):
 
 def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy per task: [num_tasks]."""
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+    return F.binary_cross_entropy_with_logits(logits.expand_as(labels), labels, reduction="none").mean(0)
 
 
 @torch.no_grad()
-def mean_losses(model, cols: Columns, batch_size: int) -> torch.Tensor:
-    """Exact mean loss per task over a whole split (all ranks together), float64."""
+def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Tensor:
+    """Mean loss per task over a whole split (all ranks together), float64: exact for BCE; for a
+    batch-level loss (pairwise) the row-weighted mean of its batch values."""
     model.eval()
     rank, world = dist.get_rank(), dist.get_world_size()
     total = torch.zeros(cols.labels.shape[1] + 1, dtype=torch.float64)
     for kjt, labels, mask in eval_batches(cols, batch_size, rank, world):
-        per_row = F.binary_cross_entropy_with_logits(model(kjt), labels, reduction="none")
-        total[:-1] += (per_row * mask[:, None]).sum(0).double()
+        logits = model(kjt).expand_as(labels)
+        if loss_fn is None:
+            per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            total[:-1] += (per_row * mask[:, None]).sum(0).double()
+        else:
+            keep = mask > 0
+            total[:-1] += loss_fn(logits[keep], labels[keep]).double() * keep.sum()
         total[-1] += mask.sum().double()
     dist.all_reduce(total)
     model.train()
@@ -44,7 +50,8 @@ def mean_losses(model, cols: Columns, batch_size: int) -> torch.Tensor:
 
 
 def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
-                max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "") -> dict:
+                max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
+                loss_fn=task_losses) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
@@ -57,23 +64,27 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
         bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch), total=steps_per_epoch,
                    desc=f"{label} epoch {epoch + 1}", disable=rank != 0, leave=False)
         for kjt, labels in bar:
-            losses = task_losses(model(kjt), labels)
+            losses = loss_fn(model(kjt), labels)
             loss = objective.loss(losses)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"{label}: loss is {loss.item()} at epoch {epoch + 1}, step {step}")
             dense_opt.zero_grad()
             loss.backward()
             dense_opt.step()
-            objective.after_step(losses.detach())
+            post = None
+            if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
+                with torch.no_grad():
+                    post = loss_fn(model(kjt), labels)
+            objective.after_step(losses.detach(), post)
             step += 1
             history["step"].append(step)
             history["loss"].append([float(x) for x in losses.detach()])
             history["lambda"].append(objective.state().get("lambda", {}))
-        val = mean_losses(model, valid, batch_size)
+        val = mean_losses(model, valid, batch_size, None if loss_fn is task_losses else loss_fn)
         history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
-        score = float(val[stage_task])
+        score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints
         if rank == 0:
-            log.info("%s epoch %d: valid loss %s (stage task %.5f)", label, epoch + 1,
+            log.info("%s epoch %d: valid loss %s (score %.5f)", label, epoch + 1,
                      [round(float(x), 5) for x in val], score)
         if score < best - 1e-6:
             best, bad = score, 0
