@@ -41,7 +41,9 @@ def _compile(args) -> int:
 
 
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "nmt": "components.train.bench_nmt",
+}
 
 
 def _bench(args) -> int:

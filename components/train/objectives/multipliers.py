@@ -26,7 +26,8 @@ class PIAscent:
 
     def __init__(self, lam: torch.Tensor, lr: float = 1.0, kp: float = 4.0, ki: float = 1.0):
         self.param = torch.nn.Parameter(lam.clone())
-        self.opt = nuPI([self.param], lr=lr, Kp=torch.tensor(kp), Ki=torch.tensor(ki), maximize=True)
+        self.opt = nuPI([self.param], lr=lr, Kp=torch.tensor(kp, dtype=lam.dtype),
+                        Ki=torch.tensor(ki, dtype=lam.dtype), maximize=True)
 
     @property
     def lam(self) -> torch.Tensor:
