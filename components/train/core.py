@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def prepare(cfg: Config, dataset_dir: str, seed: int):
     """Process group, data splits and the sharded model: shared by NMT stages and joint baselines."""
     spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
     device = init_process_group()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # one intra-op thread per process: parallelism comes from processes (ranks, parallel steps);
+        # spinning OpenMP threads collapse under CPU contention (measured on the shared 2-core box:
+        # stage 1 of the demo 44 s with one thread, 264 s with the default two)
+        torch.set_num_threads(1)
     torch.manual_seed(seed)
     train = load_split(dataset_dir, spec, "train", cfg.tasks)
     valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
