@@ -1,14 +1,22 @@
-"""Common base of the multi-task architectures: sparse embeddings -> architecture -> one logit per task.
+"""Common base of the multi-task architectures: sparse embeddings -> architecture -> heads.
 
-An architecture plug-in only implements `forward_dense(x) -> [B, num_tasks]` on the concatenated
-pooled embeddings; embedding lookup and the feature order live here. Modules are written unsharded;
-DistributedModelParallel shards `sparse` (see components/train/distributed.py).
+An architecture plug-in implements `represent(x) -> list of per-head representations` on the
+concatenated pooled embeddings `x`; embedding lookup, feature order and the heads live here.
+Two head kinds:
+- `towers`: one tower (MLP + linear) per task, the public-dataset setting;
+- `shared_score`: one tower and one output score shared by every task (the paper's Taobao ranking
+  setting, trained with a pairwise loss per task); the same logit column is returned for each task.
+Modules are written unsharded; DistributedModelParallel shards `sparse` (components/train/distributed.py).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+
+HEADS = ("towers", "shared_score")
 
 
 def mlp(in_dim: int, dims: list[int]) -> nn.Sequential:
@@ -19,19 +27,95 @@ def mlp(in_dim: int, dims: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MultiTaskModel(nn.Module):
-    def __init__(self, sparse: EmbeddingBagCollection, features: list[str], num_tasks: int):
+class ExpertBank(nn.Module):
+    """`num` MLP experts of the same shape computed together: stacked weights, one batched matmul per
+    layer instead of a Python loop over experts (the experts dominate the FLOPs).
+
+    Input [B, in] (every expert sees the same input) or [num, B, in]; output [num, B, dims[-1]]."""
+
+    def __init__(self, num: int, in_dim: int, dims: list[int]):
         super().__init__()
+        self.num = num
+        self.out_dim = dims[-1] if dims else in_dim
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d in dims:
+            bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per expert
+            self.weights.append(nn.Parameter(torch.empty(num, in_dim, d).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num, 1, d).uniform_(-bound, bound)))
+            in_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # every expert sees the same input: a stride-0 view, no copy of x per expert
+            x = x.unsqueeze(0).expand(self.num, *x.shape)
+        for w, b in zip(self.weights, self.biases):
+            # bias fused into the batched GEMM; relu in place (baddbmm's backward does not need its output)
+            x = torch.relu_(torch.baddbmm(b, x, w))
+        return x
+
+
+class Gate(nn.Module):
+    """Softmax over experts from the input (optional hidden layers: the paper's gate dims)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], num_experts: int):
+        super().__init__()
+        self.body = mlp(in_dim, hidden)
+        self.out = nn.Linear(hidden[-1] if hidden else in_dim, num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.out(self.body(x)), dim=-1)
+
+
+def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """weights [B, E], experts [E, B, D] -> [B, D]."""
+    return torch.einsum("be,ebd->bd", weights, experts)
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, sparse: EmbeddingBagCollection, features: list[str], num_tasks: int, *,
+                 head: str = "towers", tower_dims: list[int] = (32,), embedding_l2: float = 0.0):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
         self.sparse = sparse
-        self.features = features
+        self.features = list(features)
         self.num_tasks = num_tasks
-        self.input_dim = sum(c.embedding_dim for c in sparse.embedding_bag_configs()
-                             for _ in c.feature_names)
+        self.head = head
+        self.num_heads = num_tasks if head == "towers" else 1
+        per_feature = {f: c.embedding_dim for c in sparse.embedding_bag_configs() for f in c.feature_names}
+        missing = [f for f in self.features if f not in per_feature]
+        if missing:
+            raise ValueError(f"features {missing} have no embedding table (tables cover {sorted(per_feature)})")
+        self.input_dim = sum(per_feature[f] for f in self.features)
+        self.tower_dims = list(tower_dims)
+        self.embedding_l2 = embedding_l2
+
+    def build_towers(self, rep_dim: int) -> None:
+        """Called by the architecture once it knows its representation size."""
+        last = self.tower_dims[-1] if self.tower_dims else rep_dim
+        self.towers = nn.ModuleList(nn.Sequential(mlp(rep_dim, self.tower_dims), nn.Linear(last, 1))
+                                    for _ in range(self.num_heads))
+
+    def embed(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        pooled = self.sparse(kjt).to_dict()
+        x = torch.cat([pooled[f] for f in self.features], dim=1)
+        if self.embedding_l2 > 0 and x.requires_grad:
+            # L2 on the looked-up embeddings, l2 * mean_batch ||x||^2, added as its gradient: the fused
+            # embedding optimizer then decays exactly the rows this batch touched
+            coef = 2.0 * self.embedding_l2 / x.shape[0]
+            saved = x.detach()
+            x.register_hook(lambda g: g + coef * saved)
+        return x
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.sparse(kjt)
-        x = torch.cat([pooled[f] for f in self.features], dim=1)
-        return self.forward_dense(x)
+        """Logits [B, num_tasks] (tasks in priority order)."""
+        return self.forward_dense(self.embed(kjt))
 
-    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        reps = self.represent(x)
+        logits = torch.cat([tower(r) for tower, r in zip(self.towers, reps)], dim=1)
+        return logits if self.head == "towers" else logits.expand(-1, self.num_tasks)
+
+    def represent(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        """One representation [B, D] per head."""
         raise NotImplementedError

@@ -34,3 +34,26 @@ def table_configs(feature_spec: dict, embedding_dim: int) -> list[EmbeddingBagCo
 
 def build_ebc(feature_spec: dict, embedding_dim: int, device: str | torch.device = "meta") -> EmbeddingBagCollection:
     return EmbeddingBagCollection(tables=table_configs(feature_spec, embedding_dim), device=torch.device(device))
+
+
+class FeatureSpecMismatch(ValueError):
+    """The dataset's feature spec and the config's `features` section disagree."""
+
+
+def check_spec(feature_spec: dict, features_cfg) -> None:
+    """Refuse a dataset whose features are not the ones the model config was written for."""
+    problems = []
+    if list(feature_spec["sparse"]) != list(features_cfg.sparse):
+        problems.append(f"features.sparse is {list(features_cfg.sparse)} but the dataset has {list(feature_spec['sparse'])}")
+    if sorted(feature_spec["bags"]) != sorted(features_cfg.bags):
+        problems.append(f"features.bags is {sorted(features_cfg.bags)} but the dataset has {sorted(feature_spec['bags'])}")
+    for bag, f in feature_spec["bags"].items():
+        want = features_cfg.bag_tables.get(bag, bag)
+        if bag in features_cfg.bags and f["table"] != want:
+            problems.append(f"features.bag_tables.{bag} is {want!r} but the dataset's bag uses table {f['table']!r}")
+    for name in list(feature_spec["sparse"]) + list(feature_spec["bags"]):
+        table = (feature_spec["sparse"].get(name) or feature_spec["bags"][name])["table"]
+        if feature_spec["tables"].get(table, {}).get("vocab_size", 0) < 1:
+            problems.append(f"feature {name!r}: table {table!r} has no vocab_size in the feature spec")
+    if problems:
+        raise FeatureSpecMismatch("feature_spec.json disagrees with the config: " + "; ".join(problems))

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from components.preprocess.read import PreprocessError
 from pipelines.config import ConfigError, load_config
 
 
@@ -40,10 +41,33 @@ def _compile(args) -> int:
     return 0
 
 
+def _preprocess(args) -> int:
+    from components.preprocess.core import run_preprocess
+    from components.preprocess.run import spec_from_config
+
+    cfg = load_config(args.config)
+    source = args.input or cfg.data.path
+    if not source:
+        raise ConfigError(f"{args.config}: data.path is not set; give the input file with --input")
+    if args.runner:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"runner": args.runner})})
+    spec = run_preprocess(source, args.output, spec_from_config(cfg))
+    print(json.dumps({s: v["rows"] for s, v in spec["splits"].items()}))
+    return 0
+
+
+def _generate(args) -> int:
+    from components.generate.core import SyntheticSpec, generate
+
+    cfg = load_config(args.config)
+    rows = generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), args.output)
+    print(f"{rows} rows -> {args.output}")
+    return 0
+
+
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {
-    "nmt": "components.train.bench_nmt",
-}
+BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict",
+                              "train": "components.train.bench", "nmt": "components.train.bench_nmt"}
 
 
 def _bench(args) -> int:
@@ -64,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, help="pipeline YAML file to write")
     c.add_argument("--image", help="container image of the steps")
     c.set_defaults(func=_compile)
+    pp = sub.add_parser("preprocess", help="Beam preprocessing of a data file into Parquet splits + feature spec")
+    pp.add_argument("--config", required=True)
+    pp.add_argument("--input", help="data file (default: the config's data.path)")
+    pp.add_argument("--output", required=True, help="dataset directory to write")
+    pp.add_argument("--runner", help="Beam runner (default: data.runner), e.g. FlinkRunner")
+    pp.set_defaults(func=_preprocess)
+    g = sub.add_parser("generate", help="write the config's synthetic CSV (data.synthetic)")
+    g.add_argument("--config", required=True)
+    g.add_argument("--output", required=True, help="CSV file to write")
+    g.set_defaults(func=_generate)
     if BENCHMARKS:
         import importlib
 
@@ -80,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, PreprocessError) as e:  # the message names the file and line or key
         print(f"nmtrec: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,12 @@ class SyntheticConfig(_Strict):
     users: int = Field(2_000, gt=0)
     items: int = Field(3_000, gt=0)
     latent_dim: int = Field(8, gt=0)
+    click_rate: float = Field(0.24, gt=0, lt=1)  # share of rows clicked (Tenrec ctr_data: 24%)
+    like_rate: float = Field(0.019, gt=0, lt=1)  # share of rows liked, only on clicks (Tenrec: 1.9%)
+    conflict: float = Field(0.0, ge=-1, le=1)  # correlation of items' like and click factors (see generate/core.py)
+    null_category: float = Field(0.01, ge=0, lt=1)  # share of `\N` video_category
+    duplicates: float = Field(0.005, ge=0, lt=1)  # share of rows repeated verbatim
+    with_truth: bool = True  # write true_<label> probability columns (-> report.json oracle_auc)
 
 
 class DataConfig(_Strict):
@@ -35,8 +41,15 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int = Field(1, ge=1)
     chunk_bytes: int = Field(64 << 20, gt=0)
-    runner: str = "DirectRunner"
-    num_workers: int = Field(1, ge=1)
+    runner: str = "DirectRunner"  # or FlinkRunner, SparkRunner, DataflowRunner (+ beam_options)
+    num_workers: int = Field(1, ge=1)  # DirectRunner processes (direct_num_workers)
+    beam_options: dict[str, Any] = {}  # passed to Beam's PipelineOptions, e.g. {flink_master: "host:8081"}
+    # label columns kept in the dataset; default: every label of the format (tenrec/synthetic:
+    # click, follow, like, share; tiktok: finish, like)
+    labels: Optional[list[str]] = None
+    on_bad_rows: Literal["error", "skip"] = "error"  # skip: drop unparsable rows, count them in the spec
+    negative_ratio: Optional[float] = Field(None, gt=0)  # Tenrec MTL protocol: 2.0 keeps ~2 negatives per positive
+    sample_label: str = "click"  # the label whose positives are all kept when sampling
 
     @field_validator("split")
     @classmethod
@@ -49,7 +62,16 @@ class DataConfig(_Strict):
     def _path_for_files(self):
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.negative_ratio is not None and self.labels is not None and self.sample_label not in self.labels:
+            raise ValueError(f"data.sample_label {self.sample_label!r} is not in data.labels {self.labels}")
         return self
+
+    def label_columns(self) -> list[str]:
+        if self.labels is not None:
+            return list(self.labels)
+        from components.preprocess.schemas import get_format
+
+        return list(get_format(self.source).default_labels)
 
 
 class FeatureConfig(_Strict):
@@ -61,25 +83,42 @@ class FeatureConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["mmoe"] = "mmoe"
+    arch: Literal["shared_bottom", "omoe", "mmoe", "ple"] = "mmoe"
+    # towers: one tower per task; shared_score: one output score for every task (pairwise ranking)
+    head: Literal["towers", "shared_score"] = "towers"
     embedding_dim: int = Field(16, gt=0)
-    num_experts: int = Field(4, gt=0)
-    expert_dims: list[int] = [64]
+    num_experts: int = Field(4, gt=0)  # omoe / mmoe
+    expert_dims: list[int] = [64]  # the shared bottom's layers for shared_bottom
+    gate_dims: list[int] = []  # hidden layers of each gate (empty: a linear gate)
     tower_dims: list[int] = [32]
-    # one output score shared by every task (the paper's Taobao setting; use with train.loss: pairwise)
-    shared_score: bool = False
+    ple_levels: int = Field(1, gt=0)
+    specific_experts: int = Field(1, gt=0)  # per task and level (ple)
+    shared_experts: int = Field(1, gt=0)  # per level (ple)
+    embedding_l2: float = Field(0.0, ge=0)  # L2 on the embeddings a batch looks up (gradient only)
 
 
 class TrainConfig(_Strict):
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(1e-3, gt=0)
     embedding_lr: float = Field(0.05, gt=0)
+    # fused into backward; adam needs CUDA (fbgemm's CPU kernels: rowwise_adagrad, adagrad, sgd)
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     max_epochs: int = Field(8, gt=0)
     patience: int = Field(1, ge=0)  # epochs without validation improvement before stopping
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(1, ge=1)  # processes of a stage (torchrun --nproc_per_node); one per GPU on GPUs
     # sharding types the planner may choose from (CPU/gloo: data_parallel, table_wise, column_wise,
     # table_column_wise; row_wise needs CUDA)
-    sharding: list[str] = ["table_wise"]
+    sharding: list[Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise",
+                           "table_row_wise"]] = ["table_wise"]
+    # smallest column-wise shard (columns); None: TorchRec's default. Set it below embedding_dim to
+    # split small tables' columns across processes
+    min_column_shard: Optional[int] = Field(None, gt=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0: cores / nproc
+    # fault tolerance: save a resume checkpoint every N optimiser steps (0: off) under resume_root
+    # (a persistent volume on a cluster); a restarted stage continues from its last one
+    checkpoint_every: int = Field(0, ge=0)
+    resume_root: Optional[str] = None
+    retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)
     loss: Literal["bce", "pairwise"] = "bce"  # per-task loss (components/train/losses.py)
 
 

@@ -75,6 +75,8 @@ def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
             inputs = {"previous": previous} if previous is not None else {}
             step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
             step.set_display_name(f"stage-{k + 1}-{task}")
+            if cfg.train.retries:
+                step.set_retry(num_retries=cfg.train.retries, backoff_duration="30s")
             previous = step.outputs["checkpoint"]
             first_stage = first_stage or previous
         famo_nmt, joint = add_methods(cfg, ops.train_stage, ops.train_joint, dataset, first_stage, stage_config_json)

@@ -6,7 +6,20 @@ import pytest
 from pipelines.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """The real-data samples: $NMTREC_SHARED_DATA, else the first shared/data above the repo
+    (/work/main -> /work/shared/data, and from a worktree such as /work/wt/data too)."""
+    if os.environ.get("NMTREC_SHARED_DATA"):
+        return Path(os.environ["NMTREC_SHARED_DATA"])
+    for parent in ROOT.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -15,7 +28,8 @@ def tiny_config(**overrides) -> Config:
         "name": "tiny", "seed": 3, "tasks": ["like", "click"],
         "data": {"synthetic": {"rows": 6000, "users": 300, "items": 400}, "chunk_bytes": 100_000},
         "model": {"embedding_dim": 8, "num_experts": 2, "expert_dims": [16], "tower_dims": [8]},
-        "train": {"batch_size": 256, "max_epochs": 2, "patience": 0},
+        # one thread: tiny matrices on a shared 2-core machine run many times faster than with two
+        "train": {"batch_size": 256, "max_epochs": 2, "patience": 0, "threads": 1},
     }
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
@@ -35,7 +49,6 @@ def tiny_dataset(tmp_path_factory, tiny_cfg):
     from pipelines.factory import data_config_json
 
     root = tmp_path_factory.mktemp("tiny")
-    generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv",
-             root / "truth.parquet")
+    generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv")
     preprocess_from_config(data_config_json(tiny_cfg), str(root / "data.csv"), str(root / "dataset"))
     return root

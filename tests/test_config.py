@@ -17,6 +17,10 @@ def test_demo_config_loads():
     ("tasks: [like]\ntrian: {}\n", "trian"),
     ("tasks: [like]\ndata: {source: tenrec}\n", "data.path"),
     ("- just a list\n", "mapping"),
+    ("tasks: [like]\ndata: {on_bad_rows: ignore}\n", "data.on_bad_rows"),
+    ("tasks: [like]\ndata: {negative_ratio: 0}\n", "data.negative_ratio"),
+    ("tasks: [like]\ndata: {negative_ratio: 2, labels: [like], sample_label: click}\n", "sample_label"),
+    ("tasks: [like]\ndata: {synthetic: {conflict: 2}}\n", "data.synthetic.conflict"),
 ])
 def test_bad_config_names_key(tmp_path, text, needle):
     f = tmp_path / "bad.yaml"
@@ -24,6 +28,12 @@ def test_bad_config_names_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         load_config(f)
     assert str(f) in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("name,labels", [("tenrec", ["click", "follow", "like", "share"]), ("tiktok", ["finish", "like"])])
+def test_dataset_configs_load(name, labels):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.data.source == name and cfg.data.label_columns() == labels
 
 
 def test_missing_file(tmp_path):

@@ -65,7 +65,7 @@ def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
     from components.evaluate.core import predict_checkpoint
     from components.train.core import run_stage
 
-    cfg = tiny_config(tasks=["click", "like", "share"], model={"shared_score": True},
+    cfg = tiny_config(tasks=["click", "like", "share"], model={"head": "shared_score"},
                       train={"loss": "pairwise", "max_epochs": 1, "patience": 0}, nmt=NMT)
     data = str(tiny_dataset / "dataset")
     for k in range(3):

@@ -57,6 +57,8 @@ def test_local_run_writes_report(tmp_path, capsys):
     assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
     out = capsys.readouterr().out
     assert "equal_weights" in out and "report.html" in out
+    # synthetic data carries its true probabilities through generate -> preprocess -> evaluate
+    assert set(report["oracle_auc"]) == {"like", "click"}
 
 
 def test_cli_bad_config_exits_nonzero(tmp_path, capsys):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from components.evaluate.metrics import auc, gauc, logloss
+from components.evaluate.oracle import oracle_report
 from components.train import checkpoint
 from components.train.data import load_split, make_batch
 from models.registry import build_model
@@ -38,13 +39,11 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray, tasks
 
 def predict_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test"):
     """(labels [N, T], probabilities [N, T], user ids [N], stage meta) of one checkpoint on a split."""
-    from components.train.core import model_outputs
-
     meta = checkpoint.read_meta(ckpt_dir)
     cfg = Config.model_validate(meta["config"])
     spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
     cols = load_split(dataset_dir, spec, split, cfg.tasks)
-    model = build_model(cfg.model, spec, model_outputs(cfg), device="cpu")
+    model = build_model(cfg.model, spec, len(cfg.tasks), device="cpu")
     checkpoint.load_unsharded(ckpt_dir, model)
     probs = np.broadcast_to(predict(model, cols), cols.labels.shape)  # a shared score serves every task
     users = cols.single[:, list(spec["sparse"]).index("user_id")] if "user_id" in spec["sparse"] else np.zeros(cols.rows)
@@ -60,6 +59,7 @@ def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") ->
 def build_report(final_ckpt: str, dataset_dir: str) -> dict:
     metrics, meta = evaluate_checkpoint(final_ckpt, dataset_dir)
     return {
+        **oracle_report(dataset_dir, meta["tasks"]),
         "tasks": meta["tasks"],
         "methods": {"nmt": metrics},
         "stages": [{"task": s["task"], "frozen_optima": s["frozen_optima"], "lambda_final": s["lambda_final"],

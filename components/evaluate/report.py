@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from components.evaluate.methods import evaluate_methods
+from components.evaluate.oracle import oracle_report
 
 STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "epochs",
               "valid_loss", "valid_auc")
@@ -23,7 +24,8 @@ def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: st
     methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
     if method_order:  # the config's order, then whatever else was evaluated
         methods = {k: methods[k] for k in [*method_order, *methods] if k in methods}
-    report = {"tasks": tasks, "methods": methods, "stages": stage_summaries(metas["nmt"])}
+    report = {"tasks": tasks, "methods": methods, "stages": stage_summaries(metas["nmt"]),
+              **oracle_report(dataset_dir, tasks)}
     if "famo+nmt" in metas:
         report["stages_famo_nmt"] = stage_summaries(metas["famo+nmt"])
     report["constraint_audit_passed"] = not any(a["breach"] for s in report["stages"]

@@ -1,4 +1,4 @@
-"""KFP wrapper: synthetic Tenrec-schema CSV (and the true probabilities) as a Dataset artifact."""
+"""KFP wrapper: synthetic Tenrec-schema CSV (true probabilities as true_* columns) as a Dataset artifact."""
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -14,5 +14,5 @@ def generate_synthetic(config_json: str, raw: Output[Dataset]):
     cfg = json.loads(config_json)
     os.makedirs(raw.path, exist_ok=True)
     spec = SyntheticSpec(seed=cfg["seed"], **cfg["data"]["synthetic"])
-    rows = generate(spec, os.path.join(raw.path, "data.csv"), os.path.join(raw.path, "truth.parquet"))
+    rows = generate(spec, os.path.join(raw.path, "data.csv"))
     raw.metadata["rows"] = rows

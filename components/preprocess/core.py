@@ -1,34 +1,42 @@
-"""Preprocess Tenrec-format CSV into Parquet splits + a feature spec, with Apache Beam.
+"""Preprocess Tenrec / TikTok / synthetic files into Parquet splits + a feature spec, with Apache Beam.
 
-The file is cut into byte ranges aligned to line starts; each range is parsed by pyarrow into a
-record batch, so Beam moves Arrow batches, not one dict per row. Two passes:
-  1. count ids per categorical feature -> vocabularies (index 0 = unknown / null / padding);
-  2. encode every batch with the vocabularies (side input), split it train/valid/test by a seeded
-     draw per (range, row) that does not depend on the runner's parallelism, and write Parquet.
-Output goes to a temporary directory that is renamed into place only when complete.
+Beam's elements are byte ranges of the file and per-range id counts; each DoFn parses its range into
+one Arrow table and works on whole columns (numpy/pyarrow), never one dict per row. One pipeline, two
+reads of every range:
+  1. count: ids per embedding table, rows, bad rows and label counts -> vocab/*.parquet + stats.json;
+  2. encode (waits on 1 through side inputs): encoded with the vocabularies (loaded once per
+     worker), MTL-sampled and split by seeded per-line draws (draws.py), one Parquet shard per
+     range and split, written by the DoFn itself through Beam's FileSystems.
+Re-reading a range is cheaper than shipping every parsed table between the passes, and writing
+shards from the DoFn avoids three WriteToParquet sinks (each a stage chain of its own); it runs
+unchanged on Flink/Spark/Dataflow (`runner` + `beam_options`).
+Everything goes to `<out>.partial`, renamed to `<out>` only when complete.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from components.preprocess import draws
+from components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file
+from components.preprocess.schemas import TRUTH_PREFIX, get_format
+from components.preprocess.vocab import FIRST_ID, NULL_INDEX, OOV_INDEX, Encoder, build_vocab, count_values, merge_counts
+
 SPLITS = ("train", "valid", "test")
-NULLS = ["\\N", ""]
-
-
-class PreprocessError(ValueError):
-    """Input that cannot be preprocessed; the message names file, line and column."""
+__all__ = ["PreprocessError", "PreprocessSpec", "run_preprocess", "SPLITS"]
 
 
 @dataclass(frozen=True)
@@ -37,217 +45,254 @@ class PreprocessSpec:
     bags: dict[str, list[str]]
     bag_tables: dict[str, str]
     labels: list[str]
+    fmt: str = "tenrec"
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int = 1
     seed: int = 0
     chunk_bytes: int = 64 << 20
     runner: str = "DirectRunner"
     num_workers: int = 1
-    extra_options: dict = field(default_factory=dict)
+    beam_options: dict = field(default_factory=dict)
+    on_bad_rows: str = "error"  # or "skip": drop and count rows that do not parse
+    negative_ratio: Optional[float] = None  # Tenrec MTL protocol: keep negatives/positives ~ this
+    sample_label: str = "click"
+
+    def tables(self) -> dict[str, list[tuple[str, bool]]]:
+        """Embedding table -> (raw column, is a bag column) feeding it."""
+        out = {c: [(c, False)] for c in self.sparse}
+        for bag, cols in self.bags.items():
+            out.setdefault(self.bag_tables.get(bag, bag), []).extend((c, True) for c in cols)
+        return out
 
     def id_columns(self) -> list[str]:
-        return self.sparse + [c for cols in self.bags.values() for c in cols]
+        return list(self.sparse) + [c for cols in self.bags.values() for c in cols]
 
 
-def byte_ranges(path: str, chunk_bytes: int) -> list[tuple[str, int, int, int]]:
-    """(path, range index, start, end) covering the data lines, each range ending at a newline."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        header = f.readline()
-        if not header.strip():
-            raise PreprocessError(f"{path}: line 1: empty file, expected a CSV header")
-        start = f.tell()
-        ranges = []
-        while start < size:
-            f.seek(min(start + chunk_bytes, size))
-            if f.tell() < size:
-                f.readline()  # move to the next line start
-            end = f.tell()
-            ranges.append((path, len(ranges), start, end))
-            start = end
-    return ranges
-
-
-def read_header(path: str) -> list[str]:
-    with open(path, "rb") as f:
-        return f.readline().decode().strip().split(",")
-
-
-class ReadRange(beam.DoFn):
-    """Parse one byte range of the CSV into a pyarrow RecordBatch (ids as int64, nulls allowed)."""
-
-    def __init__(self, columns: list[str], id_columns: list[str]):
-        self.columns = columns
-        self.id_columns = id_columns
+class _CountRange(beam.DoFn):
+    def __init__(self, reader: RangeReader, spec: PreprocessSpec):
+        self.reader, self.spec = reader, spec
 
     def process(self, rng):
-        path, index, start, end = rng
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
-        types = {c: pa.int64() for c in self.columns}
-        try:
-            table = pacsv.read_csv(
-                pa.py_buffer(data),
-                read_options=pacsv.ReadOptions(column_names=self.columns),
-                convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULLS,
-                                                     strings_can_be_null=True),
-            )
-        except pa.ArrowInvalid as e:
-            line = 1 + _line_of(path, start)
-            raise PreprocessError(f"{path}: in lines from {line + 1}: {e}") from None
-        yield index, table.combine_chunks()
+        _, start, end = rng
+        table, bad, _ = self.reader.read(start, end)
+        for name, cols in self.spec.tables().items():
+            yield name, count_values([table.column(c) for c, _ in cols], [is_bag for _, is_bag in cols])
+        stats = {"rows": table.num_rows, "bad_rows": bad}
+        for label in self.spec.labels:
+            stats[f"positives.{label}"] = int(pc.sum(pc.equal(table.column(label), 1)).as_py() or 0)
+        yield beam.pvalue.TaggedOutput("stats", stats)
 
 
-def _line_of(path: str, offset: int) -> int:
-    with open(path, "rb") as f:
-        return f.read(offset).count(b"\n")
+class _MergeCounts(beam.CombineFn):
+    """Accumulates (ids, counts) pairs, compacting them every few inputs to bound memory."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, pair):
+        acc.append(pair)
+        return [merge_counts(acc)] if len(acc) >= 8 else acc
+
+    def merge_accumulators(self, accs):
+        return [merge_counts([p for a in accs for p in a])]
+
+    def extract_output(self, acc):
+        return merge_counts(acc)
 
 
-class CountIds(beam.DoFn):
-    def __init__(self, feature_columns: dict[str, list[str]]):
-        self.feature_columns = feature_columns  # table -> raw columns feeding it
-
-    def process(self, item):
-        _, table = item
-        for tab, cols in self.feature_columns.items():
-            values = pa.chunked_array([table.column(c) for c in cols]).combine_chunks()
-            counts = pc.value_counts(values.drop_null())
-            yield tab, (counts.field("values").to_numpy(), counts.field("counts").to_numpy())
-
-
-class MergeCounts(beam.CombineFn):
+class _SumDicts(beam.CombineFn):
     def create_accumulator(self):
         return {}
 
-    def add_input(self, acc, pair):
-        for v, c in zip(*pair):
-            acc[int(v)] = acc.get(int(v), 0) + int(c)
+    def add_input(self, acc, d):
+        for k, v in d.items():
+            acc[k] = acc.get(k, 0) + v
         return acc
 
     def merge_accumulators(self, accs):
         out = {}
         for a in accs:
-            for k, c in a.items():
-                out[k] = out.get(k, 0) + c
+            self.add_input(out, a)
         return out
 
     def extract_output(self, acc):
         return acc
 
 
-def build_vocab(counts: dict[int, int], min_count: int, drop: set[int] = frozenset()) -> np.ndarray:
-    """Raw ids kept, most frequent first (ties by id); position + 1 is the encoded index."""
-    kept = [(-c, v) for v, c in counts.items() if c >= min_count and v not in drop]
-    kept.sort()
-    return np.array([v for _, v in kept], dtype=np.int64)
+def _write_vocab(kv, vocab_dir: str, min_count: int):
+    name, (values, counts) = kv
+    kept, kept_counts = build_vocab(values, counts, min_count)
+    meta = {"distinct": int(len(values)), "kept": int(len(kept)), "oov_ids": int(len(values) - len(kept))}
+    with FileSystems.create(FileSystems.join(vocab_dir, f"{name}.parquet")) as f:
+        pq.write_table(pa.table({"raw_id": kept, "count": kept_counts}), f)
+    with FileSystems.create(FileSystems.join(vocab_dir, f"{name}.json")) as f:
+        f.write(json.dumps(meta).encode())
+    return name, meta
 
 
-class EncodeAndSplit(beam.DoFn):
-    def __init__(self, spec: PreprocessSpec):
-        self.spec = spec
+def _write_json(obj, path: str):
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(obj).encode())
 
-    def process(self, item, vocabs):
-        index, table = item
+
+class _EncodeRange(beam.DoFn):
+    """Encode, sample and split one range; write its Parquet shard per split (part-<range>.parquet).
+
+    Shard names are fixed by the range, so a retried bundle overwrites its own files; the output
+    directory only becomes visible when the driver renames it after the whole pipeline succeeded.
+    """
+
+    def __init__(self, reader: RangeReader, spec: PreprocessSpec, root: str, truth: dict[str, str], schema: pa.Schema):
+        self.reader, self.spec, self.root, self.truth, self.schema = reader, spec, root, truth, schema
+        self.encoders = None
+
+    def process(self, rng, stats, vocab_written):
+        index, start, end = rng
         s = self.spec
-        out = {}
-        for col in s.sparse:
-            out[col] = _encode(table.column(col), vocabs[col])
+        if self.encoders is None:  # vocab_written (side input) guarantees the files exist
+            self.encoders = {t: Encoder(pq.read_table(FileSystems.join(self.root, "vocab", f"{t}.parquet"))
+                                        .column("raw_id").to_numpy()) for t in vocab_written}
+        table, _, offsets = self.reader.read(start, end)
+        keep = np.ones(table.num_rows, dtype=bool)
+        if s.negative_ratio is not None:
+            u = draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SAMPLE))
+            keep = (table.column(s.sample_label).fill_null(0).to_numpy() == 1) | (u < _keep_probability(s, stats))
+        which = draws.assign_split(draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SPLIT)), s.split)
+        out = {c: self.encoders[c].encode(table.column(c)) for c in s.sparse}
         for bag, cols in s.bags.items():
-            vocab = vocabs[s.bag_tables.get(bag, bag)]
-            enc = np.stack([_encode(table.column(c), vocab).to_numpy() for c in cols], axis=1)
-            keep = enc > 0  # unknown ids and padding (0) are dropped from the bag
-            offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
-            out[bag] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(enc[keep], pa.int64()))
-        for col in s.labels:
-            out[col] = pc.fill_null(table.column(col), 0).cast(pa.float32())
-        encoded = pa.table(out)
-        draw = np.random.default_rng([s.seed, index]).random(encoded.num_rows)
-        bounds = np.cumsum(s.split)
-        which = np.searchsorted(bounds, draw, side="right").clip(0, 2)
+            enc = self.encoders[s.bag_tables.get(bag, bag)]
+            ids = np.stack([enc.encode(table.column(c), zero_is_null=True) for c in cols], axis=1)
+            present = ids != NULL_INDEX  # padding and nulls leave the bag; OOV stays
+            bag_offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
+            out[bag] = pa.ListArray.from_arrays(pa.array(bag_offsets), pa.array(ids[present], pa.int64()))
+        for c in s.labels:
+            out[c] = table.column(c).fill_null(0).to_numpy().astype(np.float32)
+        for col in self.truth.values():
+            out[col] = table.column(col)
+        encoded = pa.table(out, schema=self.schema)
         for k, name in enumerate(SPLITS):
-            part = encoded.filter(pa.array(which == k))
-            if part.num_rows:
-                yield beam.pvalue.TaggedOutput(name, part)
+            mask = keep & (which == k)
+            if mask.any():
+                with FileSystems.create(FileSystems.join(self.root, name, f"part-{index:05d}.parquet")) as f:
+                    pq.write_table(encoded.filter(pa.array(mask)), f)
+                yield name, int(mask.sum())
 
 
-def _encode(column, vocab: np.ndarray) -> pa.Array:
-    idx = pc.index_in(column, value_set=pa.array(vocab, pa.int64()))
-    return pc.fill_null(pc.add(idx, 1), 0).cast(pa.int64()).combine_chunks() \
-        if isinstance(idx, pa.ChunkedArray) else pc.fill_null(pc.add(idx, 1), 0).cast(pa.int64())
+def _keep_probability(spec: PreprocessSpec, stats: dict) -> float:
+    if spec.negative_ratio is None:
+        return 1.0
+    pos = stats[f"positives.{spec.sample_label}"]
+    return draws.keep_probability(pos, stats["rows"] - pos, spec.negative_ratio)
 
 
-def run_preprocess(csv_path: str, out_dir: str, spec: PreprocessSpec) -> dict:
-    """Run the Beam job; return the feature spec also written to out_dir/feature_spec.json."""
-    csv_path = str(csv_path)
-    if not os.path.isfile(csv_path):
-        raise PreprocessError(f"{csv_path}: input file not found")
-    columns = read_header(csv_path) if os.path.getsize(csv_path) else []
-    ranges = byte_ranges(csv_path, spec.chunk_bytes)
-    needed = spec.id_columns() + spec.labels
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise PreprocessError(f"{csv_path}: line 1: header lacks column(s) {missing}; found {columns}")
+def _options(spec: PreprocessSpec) -> PipelineOptions:
+    opts = {"runner": spec.runner, **spec.beam_options}
+    if spec.runner in ("DirectRunner", "FnApiRunner"):
+        opts.setdefault("direct_num_workers", spec.num_workers)
+        opts.setdefault("direct_running_mode", "multi_processing" if spec.num_workers > 1 else "in_memory")
+    return PipelineOptions(flags=[], **opts)  # never parse this process's own command line
+
+
+def _run(build, spec: PreprocessSpec):
+    """Run one pipeline; a PreprocessError raised inside a worker comes back as itself."""
+    try:
+        with beam.Pipeline(options=_options(spec)) as p:
+            build(p)
+    except Exception as e:  # Beam re-raises or wraps worker errors, adding the step name
+        m = re.search(r"PreprocessError: (.+)", str(e))
+        text = str(e) if isinstance(e, PreprocessError) else m.group(1) if m else None
+        if text is None:
+            raise
+        raise PreprocessError(re.sub(r"\s*\[while running.*$", "", text, flags=re.S)) from None
+
+
+def _check_columns(layout: Layout, spec: PreprocessSpec):
+    def missing(cols):
+        return [c for c in cols if c not in layout.columns]
+    for key, cols in (("features.sparse", spec.sparse), ("features.bags", [c for v in spec.bags.values() for c in v]),
+                      ("data.labels", spec.labels)):
+        if missing(cols):
+            raise PreprocessError(f"{layout.path}: line 1: no column(s) {missing(cols)} (configured in {key}); "
+                                  f"the file has {list(layout.columns)}")
+    if spec.negative_ratio is not None and spec.sample_label not in spec.labels:
+        raise PreprocessError(f"data.sample_label {spec.sample_label!r} must be one of data.labels {spec.labels}")
+
+
+def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
+    """Run both Beam passes; return the feature spec also written to out_dir/feature_spec.json."""
+    source = str(source)
+    layout = inspect_file(source, get_format(spec.fmt))
+    _check_columns(layout, spec)
+    truth = {c[len(TRUTH_PREFIX):]: c for c in layout.columns
+             if c.startswith(TRUTH_PREFIX) and c[len(TRUTH_PREFIX):] in spec.labels}
+    needed = set(spec.id_columns()) | set(spec.labels)
+    counter = RangeReader(layout, [c for c in layout.columns if c in needed], spec.on_bad_rows)
+    reader = RangeReader(layout, [c for c in layout.columns if c in needed | set(truth.values())], spec.on_bad_rows)
+    ranges = byte_ranges(layout, spec.chunk_bytes)
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tables = {c: [c] for c in spec.sparse}
-    for bag, cols in spec.bags.items():
-        tables.setdefault(spec.bag_tables.get(bag, bag), []).extend(cols)
-    schema = _output_schema(spec)
-
-    options = PipelineOptions(runner=spec.runner, direct_num_workers=spec.num_workers,
-                              direct_running_mode="multi_processing" if spec.num_workers > 1 else "in_memory",
-                              **spec.extra_options)
-    with beam.Pipeline(options=options) as p:
-        batches = p | "Ranges" >> beam.Create(ranges) | "Read" >> beam.ParDo(ReadRange(columns, needed))
-        counts = batches | "Count" >> beam.ParDo(CountIds(tables)) | beam.CombinePerKey(MergeCounts())
-        vocabs = counts | "Vocab" >> beam.Map(
-            lambda kv: (kv[0], build_vocab(kv[1], spec.min_count, drop={0} if kv[0] in spec.bag_tables.values() else set())))
-        split = batches | "Encode" >> beam.ParDo(EncodeAndSplit(spec), beam.pvalue.AsDict(vocabs)).with_outputs(*SPLITS)
-        for name in SPLITS:
-            _ = split[name] | f"Write{name}" >> beam.io.parquetio.WriteToParquetBatched(
-                str(tmp / name / "part"), schema, file_name_suffix=".parquet")
-        _ = vocabs | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"))
-
-    feature_spec = _feature_spec(tmp, spec, tables, csv_path)
-    (tmp / "feature_spec.json").write_text(json.dumps(feature_spec, indent=2))
+    try:
+        def pipeline(p):
+            # no reshuffle on one local worker: it only adds a shuffle stage
+            local = spec.runner in ("DirectRunner", "FnApiRunner") and spec.num_workers == 1
+            ranges_pc = p | "Ranges" >> beam.Create(ranges, reshuffle=not local)
+            counted = ranges_pc | "Count" >> beam.ParDo(_CountRange(counter, spec)).with_outputs("stats", main="ids")
+            vocab_written = (counted.ids | "MergeIds" >> beam.CombinePerKey(_MergeCounts())
+                             | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"), spec.min_count))
+            stats = counted.stats | "SumStats" >> beam.CombineGlobally(_SumDicts())
+            _ = stats | "WriteStats" >> beam.Map(_write_json, str(tmp / "stats.json"))
+            # second read of every range, after the vocabularies are written (side inputs)
+            _ = ranges_pc | "Encode" >> beam.ParDo(_EncodeRange(reader, spec, str(tmp), truth, _output_schema(spec, truth)),
+                                                   beam.pvalue.AsSingleton(stats), beam.pvalue.AsDict(vocab_written))
+        _run(pipeline, spec)
+        stats = json.loads((tmp / "stats.json").read_text())
+        keep_p = _keep_probability(spec, stats)
+        feature_spec = _feature_spec(tmp, spec, source, stats, keep_p, truth)
+        (tmp / "feature_spec.json").write_text(json.dumps(feature_spec, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return feature_spec
 
 
-def _output_schema(spec: PreprocessSpec) -> pa.Schema:
+def _output_schema(spec: PreprocessSpec, truth: dict[str, str]) -> pa.Schema:
     fields = [pa.field(c, pa.int64()) for c in spec.sparse]
     fields += [pa.field(b, pa.list_(pa.int64())) for b in spec.bags]
     fields += [pa.field(c, pa.float32()) for c in spec.labels]
+    fields += [pa.field(c, pa.float64()) for c in truth.values()]
     return pa.schema(fields)
 
 
-def _write_vocab(kv, vocab_dir):
-    name, vocab = kv
-    os.makedirs(vocab_dir, exist_ok=True)
-    pq.write_table(pa.table({"raw_id": vocab}), os.path.join(vocab_dir, f"{name}.parquet"))
-
-
-def _feature_spec(root: Path, spec: PreprocessSpec, tables: dict, source: str) -> dict:
-    vocab_sizes = {}
-    for t in tables:
-        f = root / "vocab" / f"{t}.parquet"
-        vocab_sizes[t] = (pq.read_metadata(f).num_rows if f.exists() else 0) + 1
+def _feature_spec(root: Path, spec: PreprocessSpec, source: str, stats: dict, keep_p: float, truth: dict) -> dict:
+    tables = {}
+    for t in spec.tables():
+        meta = json.loads((root / "vocab" / f"{t}.json").read_text())
+        tables[t] = {"vocab_size": meta["kept"] + FIRST_ID, "null_index": NULL_INDEX, "oov_index": OOV_INDEX,
+                     "distinct_ids": meta["distinct"], "oov_ids": meta["oov_ids"], "vocab": f"vocab/{t}.parquet"}
     splits = {}
     for name in SPLITS:
         files = sorted(str(p.relative_to(root)) for p in (root / name).glob("*.parquet")) if (root / name).exists() else []
         splits[name] = {"files": files, "rows": sum(pq.read_metadata(root / f).num_rows for f in files)}
     return {
         "source": source,
+        "format": spec.fmt,
         "sparse": {c: {"table": c} for c in spec.sparse},
         "bags": {b: {"table": spec.bag_tables.get(b, b), "columns": cols} for b, cols in spec.bags.items()},
-        "tables": {t: {"vocab_size": vocab_sizes[t]} for t in tables},
+        "tables": tables,
         "labels": list(spec.labels),
+        "truth": truth,
         "splits": splits,
+        "rows_read": stats["rows"],
+        "bad_rows_skipped": stats["bad_rows"],
+        "positives": {lab: stats[f"positives.{lab}"] for lab in spec.labels},
+        "sampling": None if spec.negative_ratio is None else {
+            "label": spec.sample_label, "negative_ratio": spec.negative_ratio, "negative_keep_probability": keep_p},
+        "split_fractions": list(spec.split),
         "seed": spec.seed,
         "min_count": spec.min_count,
     }

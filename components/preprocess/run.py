@@ -4,15 +4,17 @@ from __future__ import annotations
 from components.preprocess.core import PreprocessSpec, run_preprocess
 from pipelines.config import Config
 
-# every label column of the Tenrec video files; preprocessing keeps them all, so appending a task
-# to the priority list does not change (and re-run) this step
-TENREC_LABELS = ["click", "follow", "like", "share"]
+
+def spec_from_config(cfg: Config) -> PreprocessSpec:
+    # every label column of the format is kept by default, so appending a task to the priority list
+    # does not change (and re-run) this step
+    d, f = cfg.data, cfg.features
+    return PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables, labels=d.label_columns(),
+                          fmt=d.source, split=d.split, min_count=d.min_count, seed=cfg.seed,
+                          chunk_bytes=d.chunk_bytes, runner=d.runner, num_workers=d.num_workers,
+                          beam_options=d.beam_options, on_bad_rows=d.on_bad_rows,
+                          negative_ratio=d.negative_ratio, sample_label=d.sample_label)
 
 
 def preprocess_from_config(config_json: str, csv_path: str, out_dir: str) -> dict:
-    cfg = Config.from_json(config_json)
-    d, f = cfg.data, cfg.features
-    spec = PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables, labels=TENREC_LABELS,
-                          split=d.split, min_count=d.min_count, seed=cfg.seed, chunk_bytes=d.chunk_bytes,
-                          runner=d.runner, num_workers=d.num_workers)
-    return run_preprocess(csv_path, out_dir, spec)
+    return run_preprocess(csv_path, out_dir, spec_from_config(Config.from_json(config_json)))

@@ -33,7 +33,7 @@ def build_dataset(cfg: Config, root: Path) -> str:
 
     if cfg.data.source == "synthetic":
         csv = root / "data.csv"
-        generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), csv, root / "truth.parquet")
+        generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), csv)
     else:
         csv = Path(cfg.data.path)
     preprocess_from_config(data_config_json(cfg), str(csv), str(root / "dataset"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,14 +23,26 @@ import torch.distributed as dist
 
 from components.train import audit, checkpoint
 from components.train.data import load_split
-from components.train.distributed import init_process_group, shard
+from components.train.distributed import init_process_group, log_plan, set_threads, shard
 from components.train.loop import mean_losses, task_losses, train_stage
 from components.train.losses import get_loss
 from components.train.objectives.registry import stage_objective
+from components.train.resume import Resumer, stage_key
 from models.registry import build_model
+from models.sparse import check_spec
 from pipelines.config import Config
 
 log = logging.getLogger("nmtrec.train")
+
+
+def config_diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
 
 
 def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
@@ -42,14 +53,14 @@ def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
             f"{where}: checkpoint was trained for tasks {meta.get('tasks')} but stage {stage + 1} "
             f"needs the higher-priority tasks {want} in this order (priorities changed? retrain from stage 1)")
     if meta.get("model_hash") != cfg.model_hash():
+        mine = json.loads(cfg.to_json())
+        theirs = meta.get("config", {})
+        differs = config_diff({k: theirs.get(k) for k in ("model", "features")},
+                              {k: mine[k] for k in ("model", "features")})
         raise checkpoint.CheckpointError(
             f"{where}: checkpoint model/features hash {meta.get('model_hash')} differs from this config's "
-            f"{cfg.model_hash()} (model or features changed: retrain from stage 1)")
-
-
-def model_outputs(cfg: Config) -> int:
-    """One logit per task, or a single score shared by every task (model.shared_score)."""
-    return 1 if cfg.model.shared_score else len(cfg.tasks)
+            f"{cfg.model_hash()} (checkpoint vs this config: {'; '.join(differs) or 'unknown'}; "
+            f"model or features changed: retrain from stage 1)")
 
 
 def loss_functions(cfg: Config):
@@ -60,21 +71,18 @@ def loss_functions(cfg: Config):
     return fn, fn
 
 
-def prepare(cfg: Config, dataset_dir: str, seed: int):
+def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
     """Process group, data splits and the sharded model: shared by NMT stages and joint baselines."""
     spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    check_spec(spec, cfg.features)
     device = init_process_group()
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # one intra-op thread per process: parallelism comes from processes (ranks, parallel steps);
-        # spinning OpenMP threads collapse under CPU contention (measured on the shared 2-core box:
-        # stage 1 of the demo 44 s with one thread, 264 s with the default two)
-        torch.set_num_threads(1)
-    torch.manual_seed(seed)
+    set_threads(cfg.train.threads)
+    torch.manual_seed(seed)  # the dense init: identical on every rank and for any plan
     train = load_split(dataset_dir, spec, "train", cfg.tasks)
     valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
-    model = build_model(cfg.model, spec, model_outputs(cfg))
-    dmp, dense_opt, plan = shard(model, device, cfg.train.embedding_lr, cfg.train.lr, cfg.train.sharding)
-    return spec, train, valid, dmp, dense_opt, plan
+    model = build_model(cfg.model, spec, len(cfg.tasks))
+    dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
+    return spec, train, valid, dmp, dense_opt, log_plan(plan, label)
 
 
 def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
@@ -95,11 +103,9 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         prev = checkpoint.read_meta(previous_dir)
         check_previous(prev, cfg, stage, previous_dir)
 
-    spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed + stage)
-    if dist.get_rank() == 0:
-        log.info("%s sharding plan:\n%s", label, plan)
+    spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed + stage, label)
     if prev is not None:
-        checkpoint.load_into(previous_dir, dmp, allow_new_heads=True)
+        checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
     higher = cfg.tasks[:stage]
     frozen = {j: prev["frozen_optima"][t] for j, t in enumerate(higher)} if prev else {}
@@ -112,12 +118,17 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         objective.valid_tolerance = {j: vtol[t] for j, t in enumerate(higher)}
     train_fn, mean_fn = loss_functions(cfg)
     meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "method": method if stage else "nmt",
-            "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "plan": str(plan)}
-    with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as best_dir:
+            "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
+    resumer = None
+    if cfg.train.resume_root:
+        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, f"{task}:{method}"),
+                          cfg.train.checkpoint_every, meta, plan)
+    with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
+        best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
-                              best_dir=Path(best_dir) / "best", meta=meta, label=label, loss_fn=train_fn)
+                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=train_fn)
     bs = cfg.train.batch_size
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, mean_fn)]
     valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, mean_fn)]
@@ -137,5 +148,16 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     audit.enforce(checks, label, cfg.nmt.fail_on_breach)
     meta.update(frozen_optima=frozen_optima, frozen_valid=frozen_valid_all, frozen_valid_auc=frozen_valid_auc,
                 stages=(prev["stages"] if prev else []) + [stage_record])
-    checkpoint.save(out_dir, dmp, meta)
+    checkpoint.save(out_dir, dmp, meta, plan=plan)
+    if resumer is not None:
+        resumer.cleanup()
     return meta
+
+
+def _shared_tmp(local: str) -> str:
+    """A temporary directory every rank agrees on (rank 0's), for the best-validation checkpoint."""
+    if dist.get_world_size() == 1:
+        return local
+    box = [local]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

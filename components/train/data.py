@@ -66,23 +66,31 @@ def make_batch(cols: Columns, idx: np.ndarray) -> tuple[KeyedJaggedTensor, torch
 
 
 def batches(cols: Columns, batch_size: int, rank: int = 0, world_size: int = 1, shuffle_seed: int | None = None,
-            drop_last: bool = True):
-    """Yield this rank's batches. Same count on every rank; evaluation (drop_last=False) pads nothing
-    and is meant for one process."""
+            drop_last: bool = True, start: int = 0):
+    """Yield this rank's part of each global batch of `batch_size` rows, from batch number `start` on
+    (a resumed epoch). Global batch i is the same rows for any world size -- rank r takes the r-th
+    slice of it -- so 1 and N processes train on the same batches. Same count on every rank;
+    evaluation (drop_last=False) keeps the tail and is meant for one process."""
     order = np.arange(cols.rows)
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(cols.rows)
-    if drop_last:
-        per_rank = cols.rows // world_size // batch_size * batch_size
-        mine = order[rank * per_rank:(rank + 1) * per_rank]
-    else:
-        mine = order[rank::world_size]
-    for start in range(0, len(mine), batch_size):
-        yield make_batch(cols, mine[start:start + batch_size])
+    local = local_batch_size(batch_size, world_size)
+    end = num_batches(cols, batch_size) * batch_size if drop_last else cols.rows
+    for first in range(start * batch_size, end, batch_size):
+        idx = order[first:first + batch_size][rank * local:(rank + 1) * local]
+        yield make_batch(cols, idx)
+
+
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size {batch_size} is the global batch and must be a multiple of the "
+                         f"number of processes ({world_size})")
+    return batch_size // world_size
 
 
 def num_batches(cols: Columns, batch_size: int, world_size: int = 1) -> int:
-    return cols.rows // world_size // batch_size
+    """Full global batches per epoch (the same for any world size)."""
+    return cols.rows // batch_size
 
 
 def eval_batches(cols: Columns, batch_size: int, rank: int = 0, world_size: int = 1):

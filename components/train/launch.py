@@ -1,21 +1,72 @@
-"""Entry of a training stage: in this process for one worker, under torchrun for several."""
+"""Entry of a training stage: in this process for one worker, under torchrun for several.
+
+`train.nproc > 1` starts `torchrun --standalone --nproc_per_node=N` (torch.distributed.run) running this
+module; each worker joins the process group (gloo on the CPU, nccl on GPUs) and rank 0 writes the
+checkpoint, whose stage.json is what this function returns. Inside a Kubeflow TrainJob (several
+nodes) the job's own torchrun starts the workers, which already have RANK set and run in process.
+"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import tempfile
 
 from pipelines.config import Config
 
 
+class LaunchError(RuntimeError):
+    pass
+
+
 def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
                      method: str = "nmt") -> dict:
+    cfg = Config.from_json(config_json)
+    if cfg.train.nproc > 1 and "RANK" not in os.environ:
+        return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir, method)
     from components.train.core import run_stage
 
-    cfg = Config.from_json(config_json)
     return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method=method)
 
 
-if __name__ == "__main__":  # python -m components.train.launch CONFIG_JSON STAGE DATASET OUT [PREVIOUS]
-    args = sys.argv[1:]
-    train_stage_main(args[0], int(args[1]), args[2], args[3], args[4] if len(args) > 4 else None)
-    print(json.dumps({"ok": True}))
+def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir,
+              method: str = "nmt") -> dict:
+    from components.train import checkpoint
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nmtrec-stage-", delete=False) as f:
+        f.write(config_json)
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.train.nproc}",
+               "-m", "components.train.launch", "@" + f.name, str(stage), dataset_dir, out_dir]
+        cmd += [previous_dir or "-", method]
+        rc = subprocess.call(cmd)
+    finally:
+        os.unlink(f.name)
+    if rc != 0:
+        raise LaunchError(f"stage {stage + 1}: torchrun with {cfg.train.nproc} processes failed (exit {rc}); "
+                          f"the workers' errors are printed above")
+    return checkpoint.read_meta(out_dir)
+
+
+def main(argv: list[str]) -> int:
+    """python -m components.train.launch CONFIG_JSON|@FILE STAGE DATASET OUT [PREVIOUS|- [METHOD]]"""
+    from components.logs import setup_logging
+
+    setup_logging()
+    config = argv[0]
+    if config.startswith("@"):
+        with open(config[1:]) as f:
+            config = f.read()
+    previous = argv[4] if len(argv) > 4 and argv[4] != "-" else None
+    meta = train_stage_main(config, int(argv[1]), argv[2], argv[3], previous, argv[5] if len(argv) > 5 else "nmt")
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    print(json.dumps({"ok": True, "task": meta["task"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from components.train import checkpoint
-from components.train.data import Columns, batches, eval_batches, num_batches
+from components.train.data import Columns, batches, eval_batches, local_batch_size, num_batches
 
 log = logging.getLogger("nmtrec.train")
 
@@ -49,37 +49,67 @@ def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Te
     return total[:-1] / total[-1]
 
 
+def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses) -> torch.Tensor:
+    """One optimiser step (the embeddings update inside backward, fused); returns the task losses."""
+    losses = loss_fn(model(kjt), labels)
+    loss = objective.loss(losses)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
+    dense_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dense_opt.step()
+    return losses
+
+
+def global_losses(losses: torch.Tensor) -> torch.Tensor:
+    """Batch losses averaged over ranks: objectives update their state (multipliers) from these, so
+    every rank keeps the same state."""
+    out = losses.detach().clone()
+    if dist.get_world_size() > 1:
+        dist.all_reduce(out)
+        out /= dist.get_world_size()
+    return out
+
+
 def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
                 max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
-                loss_fn=task_losses) -> dict:
+                resumer=None, loss_fn=task_losses) -> dict:
+    """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
+    continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
+    losses (components/train/losses.py)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
-        raise ValueError(f"training split has {train.rows} rows: fewer than batch_size ({batch_size}) "
-                         f"x processes ({world}); lower train.batch_size")
+        raise ValueError(f"training split has {train.rows} rows: fewer than train.batch_size ({batch_size}); "
+                         f"lower train.batch_size")
+    local_batch_size(batch_size, world)
     history = {"step": [], "loss": [], "lambda": [], "valid": []}
-    best, bad, step = math.inf, 0, 0
-    for epoch in range(max_epochs):
+    best, bad, step, first_epoch, skip = math.inf, 0, 0, 0, 0
+    if resumer is not None and (progress := resumer.load(model, dense_opt, objective)) is not None:
+        history, best, bad, step = progress["history"], progress["best"], progress["bad"], progress["step"]
+        first_epoch, skip = progress["epoch"], progress["pos"]
+    for epoch in range(first_epoch, max_epochs):
         model.train()
-        bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch), total=steps_per_epoch,
-                   desc=f"{label} epoch {epoch + 1}", disable=rank != 0, leave=False)
-        for kjt, labels in bar:
-            losses = loss_fn(model(kjt), labels)
-            loss = objective.loss(losses)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{label}: loss is {loss.item()} at epoch {epoch + 1}, step {step}")
-            dense_opt.zero_grad()
-            loss.backward()
-            dense_opt.step()
+        start = skip if epoch == first_epoch else 0
+        bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch, start=start),
+                   total=steps_per_epoch, initial=start, desc=f"{label} epoch {epoch + 1}", disable=rank != 0,
+                   leave=False)
+        for pos, (kjt, labels) in enumerate(bar, start=start + 1):
+            losses = train_step(model, dense_opt, objective, kjt, labels,
+                                f"{label}: at epoch {epoch + 1}, step {step + 1}", loss_fn)
+            shared = global_losses(losses)
             post = None
             if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
                 with torch.no_grad():
-                    post = loss_fn(model(kjt), labels)
-            objective.after_step(losses.detach(), post)
+                    post = global_losses(loss_fn(model(kjt), labels))
+            objective.after_step(shared, post)
             step += 1
             history["step"].append(step)
-            history["loss"].append([float(x) for x in losses.detach()])
+            history["loss"].append([float(x) for x in shared])
             history["lambda"].append(objective.state().get("lambda", {}))
+            if resumer is not None and resumer.due(step):
+                resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
+                                                            "bad": bad, "history": history})
         val = mean_losses(model, valid, batch_size, None if loss_fn is task_losses else loss_fn)
         history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
         score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints
@@ -88,7 +118,7 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
                      [round(float(x), 5) for x in val], score)
         if score < best - 1e-6:
             best, bad = score, 0
-            checkpoint.save(best_dir, model, {**meta, "epoch": epoch + 1, "step": step})
+            checkpoint.save(best_dir, model, {**meta, "epoch": epoch + 1, "step": step}, unsharded=False)
         else:
             bad += 1
             if bad > patience:

@@ -2,6 +2,8 @@
 state (Lagrange multipliers, weights) after each optimiser step. One small file per method."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -24,3 +26,11 @@ class Objective:
     def state(self) -> dict:
         """Scalars worth logging (e.g. multipliers)."""
         return {}
+
+    def resume_state(self):
+        """Everything a restarted stage needs to continue exactly (multipliers, EMAs, weights, their
+        optimizers); picklable. The default copies the object's attributes; override if that is wrong."""
+        return copy.deepcopy(vars(self))
+
+    def load_state(self, state) -> None:
+        vars(self).update(copy.deepcopy(state))
