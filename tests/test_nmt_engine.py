@@ -41,6 +41,7 @@ def test_priority_property_primary_auc_kept(chain):
 
 
 def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
+    from components.train import checkpoint
     from components.train.core import run_stage
 
     cfg, data, root = chain
@@ -50,8 +51,13 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
     meta["frozen_valid"]["click"] = 0.6543
     (tmp_path / "s1").mkdir()
     for f in (root / "s1").iterdir():
-        target = tmp_path / "s1" / f.name
-        target.symlink_to(f) if f.name != "stage.json" else target.write_text(json.dumps(meta))
+        if f.name not in ("stage.json", checkpoint.MANIFEST):
+            (tmp_path / "s1" / f.name).symlink_to(f)
+    planted = tmp_path / "s1" / "stage.json"
+    planted.write_text(json.dumps(meta))
+    manifest = json.loads((root / "s1" / checkpoint.MANIFEST).read_text())  # keep the integrity check happy
+    manifest["files"]["stage.json"] = {"bytes": planted.stat().st_size, "sha256": checkpoint._sha256(planted)}
+    (tmp_path / "s1" / checkpoint.MANIFEST).write_text(json.dumps(manifest))
     cfg1 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 1})})
     m2 = run_stage(cfg1, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
     stage = m2["stages"][-1]
