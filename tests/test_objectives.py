@@ -122,3 +122,23 @@ def test_unknown_method_is_rejected_with_its_name():
         Config.model_validate({"tasks": ["like", "click"], "methods": ["nmt", "weight_grid:0.9"]})
     with pytest.raises(ValueError, match="bogus"):
         Config.model_validate({"tasks": ["like", "click"], "methods": ["bogus"]})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NMTStage(1, {0: 0.5}, lambda_init=0.2, ema=0.5, update="pi"),
+    lambda: __import__("components.train.objectives", fromlist=["FAMO"]).FAMO(2),
+])
+def test_resume_state_continues_exactly(make, tmp_path):
+    """A restarted stage (pickled resume state, as the resume checkpoint stores it) continues like
+    the uninterrupted one: multipliers, EMAs and the nuPI / FAMO optimizer states come back."""
+    a, b = make(), make()
+    steps = [torch.tensor([0.6, 0.9], dtype=torch.float64), torch.tensor([0.4, 0.8], dtype=torch.float64),
+             torch.tensor([0.55, 0.7], dtype=torch.float64)]
+    post = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    a.after_step(steps[0], post)
+    torch.save(a.resume_state(), tmp_path / "s.pt")
+    b.load_state(torch.load(tmp_path / "s.pt", weights_only=False))
+    for x in steps[1:]:
+        a.after_step(x, post)
+        b.after_step(x, post)
+    assert b.state() == a.state()
