@@ -22,7 +22,7 @@ def _run(args) -> int:
     print(f"\nNMT run '{cfg.name}': tasks in priority order {' > '.join(cfg.tasks)} "
           f"({time.time() - start:.0f}s)\n")
     print(summary_table(report))
-    print(f"\nreport: {report_path}")
+    print(f"\nreport: {report_path}\nHTML report: {report_path.with_name('report.html')}")
     return 0
 
 
@@ -66,7 +66,8 @@ def _generate(args) -> int:
 
 
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict", "train": "components.train.bench"}
+BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict",
+                              "train": "components.train.bench", "nmt": "components.train.bench_nmt"}
 
 
 def _bench(args) -> int:

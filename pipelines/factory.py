@@ -7,14 +7,18 @@ KFP's cache keys change only when that step's inputs really change.
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import HTML, Artifact
 
-from components.evaluate.component import evaluate
+from components.evaluate.component import evaluate, evaluate_all
 from components.generate.component import generate_synthetic
 from components.preprocess.component import preprocess_dataset, preprocess_file
 from components.train.component import train_stage
+from components.train.joint_component import train_joint
 from pipelines.config import Config
+from pipelines.methods import add_methods
 
 DEFAULT_IMAGE = "ghcr.io/nmtrec/nmtrec-cpu:0.1.0"
 
@@ -26,24 +30,27 @@ class Ops:
     preprocess_file: object
     train_stage: object
     evaluate: object
+    train_joint: object
+    evaluate_all: object
 
 
 def make_ops(image: str = DEFAULT_IMAGE) -> Ops:
     """Wrap the component functions; the project image already holds kfp and the project."""
     def op(fn):
         return dsl.component(fn, base_image=image, install_kfp_package=False)
-    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage), op(evaluate))
+    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage), op(evaluate),
+               op(train_joint), op(evaluate_all))
 
 
 def data_config_json(cfg: Config) -> str:
     """What preprocessing depends on (not tasks, model or training)."""
-    return cfg.model_copy(update={"name": "", "tasks": ["-"], "model": type(cfg.model)(),
+    return cfg.model_copy(update={"name": "", "tasks": ["-"], "methods": ["nmt"], "model": type(cfg.model)(),
                                   "train": type(cfg.train)(), "nmt": type(cfg.nmt)()}).to_json()
 
 
 def stage_config_json(cfg: Config, stage: int) -> str:
-    """What stage k depends on: tasks[:k+1] and everything but the run name."""
-    return cfg.model_copy(update={"name": "", "tasks": cfg.tasks[:stage + 1]}).to_json()
+    """What stage k depends on: tasks[:k+1] and everything but the run name and the compared methods."""
+    return cfg.model_copy(update={"name": "", "tasks": cfg.tasks[:stage + 1], "methods": ["nmt"]}).to_json()
 
 
 def pipeline_name(cfg: Config) -> str:
@@ -54,7 +61,7 @@ def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
     ops = make_ops(image)
 
     @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}")
-    def nmt_pipeline() -> dsl.Artifact:
+    def nmt_pipeline() -> NamedTuple("Outputs", [("report", Artifact), ("html", HTML)]):
         data_json = data_config_json(cfg)
         if cfg.data.source == "synthetic":
             raw = ops.generate(config_json=data_json).set_display_name("generate-synthetic")
@@ -63,7 +70,7 @@ def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
             prep = ops.preprocess_file(config_json=data_json, source_path=cfg.data.path)
         prep.set_display_name("preprocess")
         dataset = prep.outputs["dataset"]
-        previous = None
+        previous = first_stage = None
         for k, task in enumerate(cfg.tasks):
             inputs = {"previous": previous} if previous is not None else {}
             step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
@@ -71,8 +78,15 @@ def build_pipeline(cfg: Config, image: str = DEFAULT_IMAGE):
             if cfg.train.retries:
                 step.set_retry(num_retries=cfg.train.retries, backoff_duration="30s")
             previous = step.outputs["checkpoint"]
-        ev = ops.evaluate(config_json=stage_config_json(cfg, len(cfg.tasks) - 1), dataset=dataset,
-                          checkpoint=previous).set_display_name("evaluate")
-        return ev.outputs["report"]
+            first_stage = first_stage or previous
+        famo_nmt, joint = add_methods(cfg, ops.train_stage, ops.train_joint, dataset, first_stage, stage_config_json)
+        ev_inputs = {"famo_nmt": famo_nmt} if famo_nmt is not None else {}
+        ev_op = ops.evaluate if joint is None else ops.evaluate_all
+        if joint is not None:
+            ev_inputs["joint"] = joint
+        ev = ev_op(config_json=cfg.model_copy(update={"name": ""}).to_json(), dataset=dataset, checkpoint=previous,
+                   first_stage=first_stage, **ev_inputs).set_display_name("evaluate")
+        outputs = NamedTuple("Outputs", [("report", Artifact), ("html", HTML)])
+        return outputs(report=ev.outputs["report"], html=ev.outputs["html"])
 
     return nmt_pipeline
