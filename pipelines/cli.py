@@ -33,7 +33,7 @@ def _run(args) -> int:
     print(f"stages trained: {', '.join(run.trained_stages) or 'none'}; "
           f"reused from cache: {', '.join(run.reused_stages) or 'none'}\n")
     print(summary_table(report))
-    print(f"\nreport: {run.report}")
+    print(f"\nreport: {run.report}\nHTML report: {run.report.with_name('report.html')}")
     return 0
 
 
@@ -91,7 +91,8 @@ def _generate(args) -> int:
 
 # `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
 BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict",
-                              "train": "components.train.bench", "stage-reuse": "pipelines.bench_reuse"}
+                              "train": "components.train.bench", "nmt": "components.train.bench_nmt",
+                              "stage-reuse": "pipelines.bench_reuse"}
 
 
 def _bench(args) -> int:

@@ -117,10 +117,12 @@ class TrainConfig(_Strict):
     min_column_shard: Optional[int] = Field(None, gt=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0: cores / nproc
     # fault tolerance: save a resume checkpoint every N optimiser steps (0: off) under resume_root
-    # (a persistent volume on a cluster); a restarted stage continues from its last one
+    # (default `<stage output>.resume`; on a cluster a persistent volume or the pipeline root); a
+    # restarted stage continues from its last one
     checkpoint_every: int = Field(0, ge=0)
     resume_root: Optional[str] = None
     retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)
+    loss: Literal["bce", "pairwise"] = "bce"  # per-task loss (components/train/losses.py)
 
 
 class NMTConfig(_Strict):
@@ -128,6 +130,11 @@ class NMTConfig(_Strict):
     tau: float = Field(0.05, gt=0)  # multiplier step
     tolerance: float = Field(0.0, ge=0)  # r_j: allowed excess over the frozen optimum
     ema: float = Field(0.9, ge=0, lt=1)  # smoothing of the per-batch constraint before the λ step
+    # r_j also grows with the optimum: r_j = tolerance + relative_tolerance * f_j* (train and validation)
+    relative_tolerance: float = Field(0.0, ge=0)
+    # multiplier update: "pi" (nuPI on the relative violation, no τ to search) or "gradient" (λ += τ g)
+    multiplier: Literal["pi", "gradient"] = "pi"
+    fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
 
 
 class Config(_Strict):
@@ -135,7 +142,8 @@ class Config(_Strict):
     seed: int = 0
     tasks: list[str] = Field(min_length=1)
     # methods to train and compare; "nmt" is the staged chain, others are baselines beside it
-    methods: list[Literal["nmt"]] = ["nmt"]
+    # (nmt, single_task, equal_weights, famo, famo+nmt, weight_grid:<w1>:<w2>...; pipelines/methods.py)
+    methods: list[str] = ["nmt"]
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
@@ -150,6 +158,16 @@ class Config(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"tasks must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _known_methods(self):
+        from components.train.objectives.names import parse_method
+
+        for name in self.methods:
+            parse_method(name, len(self.tasks))
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct, got {self.methods}")
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json()

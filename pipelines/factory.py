@@ -7,16 +7,20 @@ KFP's cache keys change only when that step's inputs really change.
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import HTML, Artifact
 
-from components.evaluate.component import evaluate
+from components.evaluate.component import evaluate, evaluate_all
 from components.generate.component import generate_synthetic
 from components.preprocess.component import preprocess_dataset, preprocess_file
 from components.train.component import train_stage
+from components.train.joint_component import train_joint
 from components.train.trainjob_component import train_stage_trainjob
 from pipelines import reuse
 from pipelines.config import Config
+from pipelines.methods import add_methods
 from pipelines.resources import apply_cluster
 
 DEFAULT_IMAGE = "ghcr.io/nmtrec/nmtrec-cpu:0.1.0"
@@ -29,6 +33,8 @@ class Ops:
     preprocess_file: object
     train_stage: object
     evaluate: object
+    train_joint: object
+    evaluate_all: object
     train_stage_trainjob: object = None
 
 
@@ -37,23 +43,25 @@ def make_ops(image: str = DEFAULT_IMAGE, train_image: str | None = None) -> Ops:
     may run in another (GPU) image."""
     def op(fn, base=image):
         return dsl.component(fn, base_image=base, install_kfp_package=False)
-    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage, train_image or image),
-               op(evaluate), op(train_stage_trainjob))
+    train = train_image or image
+    return Ops(op(generate_synthetic), op(preprocess_dataset), op(preprocess_file), op(train_stage, train),
+               op(evaluate), op(train_joint, train), op(evaluate_all), op(train_stage_trainjob))
 
 
 def data_config_json(cfg: Config) -> str:
     """What preprocessing depends on (not tasks, model or training)."""
-    return cfg.model_copy(update={"name": "", "tasks": ["-"], "model": type(cfg.model)(),
+    return cfg.model_copy(update={"name": "", "tasks": ["-"], "methods": ["nmt"], "model": type(cfg.model)(),
                                   "train": type(cfg.train)(), "nmt": type(cfg.nmt)(), "cluster": None}).to_json()
 
 
 def stage_config_json(cfg: Config, stage: int) -> str:
-    """What stage k depends on: tasks[:k+1] and everything but the run name, the cluster section and
-    train.retries (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
+    """What stage k depends on: tasks[:k+1] and everything but the run name, the compared methods, the
+    cluster section and train.retries (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
     train = {"retries": 0}  # how often a step is retried is not what it computes
     if cfg.cluster is not None and cfg.cluster.gpus:
         train["nproc"] = cfg.cluster.gpus
-    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "cluster": None, "train": cfg.train.model_copy(update=train)}
+    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "methods": ["nmt"], "cluster": None,
+              "train": cfg.train.model_copy(update=train)}
     return cfg.model_copy(update=update).to_json()
 
 
@@ -74,7 +82,7 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
 
     @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}",
                   pipeline_root=cc.pipeline_root if cc and not local else None)
-    def nmt_pipeline() -> dsl.Artifact:
+    def nmt_pipeline() -> NamedTuple("Outputs", [("report", Artifact), ("html", HTML)]):
         data_json = data_config_json(cfg)
         if cfg.data.source == "synthetic":
             raw = ops.generate(config_json=data_json).set_display_name("generate-synthetic")
@@ -83,10 +91,11 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
             prep = ops.preprocess_file(config_json=data_json, source_path=cfg.data.path)
         prep.set_display_name("preprocess")
         dataset = prep.outputs["dataset"]
-        previous, first = None, 0
-        if start is not None:
+        previous = first_stage = None
+        first = 0
+        if start is not None:  # --from-checkpoint: stages 1..k come from an earlier run
             last, first_import = reuse.import_checkpoint(start)
-            previous = last.outputs["artifact"]
+            previous, first_stage = last.outputs["artifact"], first_import.outputs["artifact"]
             first = start.stages_done
         for k in range(first, len(cfg.tasks)):
             inputs = {"previous": previous} if previous is not None else {}
@@ -101,12 +110,19 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
             if cfg.train.retries:  # a retried step resumes from its last checkpoint (cluster.retries overrides)
                 step.set_retry(num_retries=cfg.train.retries, backoff_duration="30s")
             previous = step.outputs["checkpoint"]
-        ev = ops.evaluate(config_json=stage_config_json(cfg, len(cfg.tasks) - 1), dataset=dataset,
-                          checkpoint=previous).set_display_name("evaluate")
+            first_stage = first_stage or previous
+        famo_nmt, joint = add_methods(cfg, ops.train_stage, ops.train_joint, dataset, first_stage, stage_config_json)
+        ev_inputs = {"famo_nmt": famo_nmt} if famo_nmt is not None else {}
+        ev_op = ops.evaluate if joint is None else ops.evaluate_all
+        if joint is not None:
+            ev_inputs["joint"] = joint
+        ev = ev_op(config_json=cfg.model_copy(update={"name": "", "cluster": None}).to_json(), dataset=dataset,
+                   checkpoint=previous, first_stage=first_stage, **ev_inputs).set_display_name("evaluate")
         if local:
             reuse.key_by_code()
         apply_cluster(cc)
-        return ev.outputs["report"]
+        outputs = NamedTuple("Outputs", [("report", Artifact), ("html", HTML)])
+        return outputs(report=ev.outputs["report"], html=ev.outputs["html"])
 
     nmt_pipeline.stage_tasks = stage_tasks
     return nmt_pipeline

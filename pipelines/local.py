@@ -45,7 +45,7 @@ class _CacheHits(logging.Handler):
 
 
 def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None) -> LocalRun:
-    """Run every step (cached ones are skipped); report.json is copied to output/."""
+    """Run every step (cached ones are skipped); report.json and report.html are copied to output/."""
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"),
@@ -63,11 +63,11 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
         root.removeHandler(hits)
         root.setLevel(level)
     seconds = time.perf_counter() - began
-    dest = output / "report.json"
-    tmp = dest.with_name("report.json.tmp")
-    report = task.outputs["report"] if "report" in task.outputs else task.output  # named or single output
-    shutil.copyfile(Path(report.path), tmp)
-    tmp.replace(dest)
+    for key, name in (("html", "report.html"), ("report", "report.json")):  # report.json last: it marks done
+        dest = output / name
+        tmp = dest.with_name(name + ".tmp")
+        shutil.copyfile(Path(task.outputs[key].path), tmp)
+        tmp.replace(dest)
     spec_tasks = _task_names(pipeline)
     steps = {name: ("cached" if name in hits.tasks else "ran") for name in spec_tasks}
     stages = pipeline.stage_tasks

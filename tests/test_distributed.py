@@ -157,3 +157,63 @@ def test_embedding_l2_gradient_equals_explicit_penalty():
         grads.append(model.sparse.embedding_bags["t_user_id"].weight.grad)
     assert grads[0].abs().max() > 1e-3
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out += [k] + _descendants(k)
+    return out
+
+
+def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path):
+    """A 2-process stage loses its processes (kill -9 of torchrun and both workers) and is restarted
+    with 1 process (a pod rescheduled with fewer GPUs): it resumes from the last checkpoint, model and
+    optimizer state resharded 2 -> 1, and ends where an uninterrupted 1-process run ends."""
+    import os
+    import signal
+    import time
+
+    data = str(tiny_dataset / "dataset")
+    # no resume_root: the default, `<stage output>.resume`
+    train = {"batch_size": 64, "max_epochs": 1, "patience": 0, "threads": 1, "checkpoint_every": 5,
+             "sharding": ["table_wise"]}
+
+    def launch(nproc, out):
+        f = tmp_path / f"cfg{nproc}.json"
+        f.write_text(tiny_config(train={**train, "nproc": nproc}).to_json())
+        return subprocess.Popen([sys.executable, "-m", "components.train.launch", f"@{f}", "0", data, str(tmp_path / out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    proc = launch(2, "out")
+    killed_at, deadline = None, time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        metas = list((tmp_path / "out.resume").glob("*/last/stage.json"))
+        if metas and json.loads(metas[0].read_text())["step"] >= 20:
+            for pid in reversed(_descendants(proc.pid)):  # the workers, then torchrun, then us
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            killed_at = json.loads(metas[0].read_text())["step"]
+            break
+        time.sleep(0.02)
+    assert killed_at is not None, "the stage finished before it could be killed"
+    time.sleep(1)
+    assert not (tmp_path / "out").exists()
+    log, _ = launch(1, "out").communicate(timeout=300)
+    assert "resuming from" in log, log[-2000:]
+    resumed = int(log.split("at step ")[1].split()[0])
+    assert resumed >= 20
+    assert not (tmp_path / "out.resume").exists()  # resume state removed once the stage is done
+    train["checkpoint_every"] = 0
+    ref_log, _ = launch(1, "ref").communicate(timeout=300)
+    a = torch.load(tmp_path / "out" / checkpoint.UNSHARDED, weights_only=True)
+    b = torch.load(tmp_path / "ref" / checkpoint.UNSHARDED, weights_only=True)
+    diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    assert max(diffs.values()) < TOLERANCE, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    assert checkpoint.read_meta(tmp_path / "out")["stages"][0]["history"]["step"] == list(range(1, 76))

@@ -157,3 +157,24 @@ def test_feature_spec_disagreeing_with_config_is_named():
     cfg = FeatureConfig(sparse=["user_id", "item_id", "age"], bags={"hist": ["h1"]}, bag_tables={"hist": "item_id"})
     with pytest.raises(FeatureSpecMismatch, match=r"features.sparse is \['user_id', 'item_id', 'age'\]"):
         build_model(ModelConfig(), SPEC, 2, device="cpu", features_cfg=cfg)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CFG))
+def test_paper_config_builds_every_architecture_at_paper_sizes(arch):
+    from pathlib import Path
+
+    from pipelines.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
+    assert cfg.train.batch_size == 4096 and cfg.model.embedding_l2 == 1e-6
+    spec = {**SPEC, "sparse": {f: {"table": f} for f in cfg.features.sparse},
+            "tables": {f: {"vocab_size": 50} for f in cfg.features.sparse}}
+    spec["bags"] = {"hist": {"table": "item_id", "columns": cfg.features.bags["hist"]}}
+    model = build_model(cfg.model.model_copy(update={"arch": arch}), spec, 2, device="cpu",
+                        features_cfg=cfg.features)
+    # output widths of the first three expert (or bottom) layers: [E, in, out] banks, [out, in] Linear
+    widths = [p.shape[0] if n.startswith("bottom") else p.shape[-1]
+              for n, p in model.named_parameters() if ("experts" in n or "bottom" in n) and p.dim() >= 2]
+    assert widths[:3] == [512, 512, 512]
+    towers = [p.shape[0] for n, p in model.named_parameters() if n.startswith("towers.0") and n.endswith("weight")]
+    assert towers == [128, 64, 1]

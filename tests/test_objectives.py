@@ -37,3 +37,108 @@ def test_gradient_of_rescaled_loss():
     obj.loss(theta).backward()
     # d/df0 = λ/(1+λ) = 0.75, d/df1 = 1/(1+λ) = 0.25
     assert theta.grad.tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_pi_update_matches_hand_computed_nupi_steps():
+    # nuPI (Kp=4, Ki=1, lr=1, cooper's SGD init) on the relative violation g/f*: the first step is
+    # plain ascent (lambda += Ki * e0) and leaves the error memory xi at 0; every later step adds
+    # Ki * e_t + Kp * (e_t - xi), then xi = e_t.
+    obj = NMTStage(1, {0: 0.5}, lambda_init=0.0, ema=0.0, update="pi")
+    obj.after_step(torch.tensor([0.55, 0.9]))  # e0 = 0.05 / 0.5 = 0.1
+    assert obj.state()["lambda"][0] == pytest.approx(0.1)
+    obj.after_step(torch.tensor([0.6, 0.9]))  # e1 = 0.2: 0.1 + 1*0.2 + 4*(0.2-0)
+    assert obj.state()["lambda"][0] == pytest.approx(1.1)
+    obj.after_step(torch.tensor([0.5, 0.9]))  # e2 = 0: 1.1 + 0 + 4*(0-0.2)
+    assert obj.state()["lambda"][0] == pytest.approx(0.3)
+    obj.after_step(torch.tensor([0.2, 0.9]))  # e3 = -0.6: 0.3 - 0.6 + 4*(-0.6) < 0 -> projected to 0
+    assert obj.state()["lambda"][0] == 0.0
+
+
+def test_constraint_is_smoothed_before_the_multiplier_step():
+    obj = NMTStage(1, {0: 0.2}, lambda_init=0.0, tau=1.0, ema=0.5)
+    obj.after_step(torch.tensor([0.4, 0.9]))  # g = 0.2 (first value taken as is)
+    obj.after_step(torch.tensor([0.2, 0.9]))  # g = 0.5*0.2 + 0.5*0.0 = 0.1
+    assert obj.state()["lambda"][0] == pytest.approx(0.2 + 0.1)
+
+
+def test_validation_score_ranks_feasible_epochs_first():
+    obj = NMTStage(1, {0: 0.2}, lambda_init=0.0, frozen_valid={0: 0.3}, valid_tolerance={0: 0.01})
+    feasible = obj.valid_score(torch.tensor([0.305, 0.9]))  # within tolerance: the stage task's loss
+    assert feasible == pytest.approx(0.9)
+    broken = obj.valid_score(torch.tensor([0.33, 0.1]))  # better f_k but breaks the constraint
+    assert broken > feasible
+
+
+def test_static_weights_loss():
+    from components.train.objectives import StaticWeights
+
+    assert StaticWeights([0.9, 0.1]).loss(torch.tensor([0.2, 0.6])).item() == pytest.approx(0.24)
+
+
+def test_famo_gradient_and_weight_update_by_hand():
+    from components.train.objectives import FAMO
+
+    famo = FAMO(2, w_lr=0.025, gamma=0.0, eps=0.0)
+    losses = torch.tensor([0.2, 0.8], dtype=torch.float64, requires_grad=True)
+    famo.loss(losses).backward()
+    # z = (0.5, 0.5), c = 0.5/0.2 + 0.5/0.8 = 3.125; dL/dl_i = z_i / (l_i c)
+    assert losses.grad.tolist() == pytest.approx([0.8, 0.2])
+    famo.after_step(losses.detach(), torch.tensor([0.1, 0.7], dtype=torch.float64))
+    # delta = (log 2, log 8/7); J^T delta = 0.25 (d1 - d2) (1, -1) > 0 for task 0; Adam's first step
+    # moves each logit by lr against the sign: task 0 improved more, so it loses weight
+    assert famo.w.detach().tolist() == pytest.approx([-0.025, 0.025], abs=1e-6)
+    z = famo.state()["weights"]
+    assert z[0] < 0.5 < z[1]
+
+
+def test_famo_nmt_keeps_constraint_terms_and_rescaling():
+    from components.train.objectives import FAMONMTStage
+
+    obj = FAMONMTStage(1, {0: 0.1}, lambda_init=1.0, tau=0.1, ema=0.0)
+    losses = torch.tensor([0.2, 0.8], dtype=torch.float64, requires_grad=True)
+    obj.loss(losses).backward()
+    # (FAMO part: grads 0.8, 0.2 as above) + lambda * d(f_0 - f_0*) = 1, all / (1 + lambda)
+    assert losses.grad.tolist() == pytest.approx([(0.8 + 1.0) / 2, 0.2 / 2])
+
+
+def test_pairwise_loss_by_hand():
+    import math
+
+    from components.train.losses import pairwise
+
+    logits = torch.tensor([[2.0], [0.0], [1.0]])  # one shared score
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    out = pairwise(logits, labels)
+    sp = lambda x: math.log1p(math.exp(-x))  # noqa: E731  -log sigmoid(x)
+    # task 0: pairs (2,0), (1,0); task 1: pairs (1,2), (1,0)
+    assert out.tolist() == pytest.approx([(sp(2) + sp(1)) / 2, (sp(-1) + sp(1)) / 2])
+    assert pairwise(logits, torch.zeros(3, 2)).tolist() == [0.0, 0.0]  # no pair: 0
+
+
+def test_unknown_method_is_rejected_with_its_name():
+    from pipelines.config import Config
+
+    with pytest.raises(ValueError, match="weight_grid:0.9"):
+        Config.model_validate({"tasks": ["like", "click"], "methods": ["nmt", "weight_grid:0.9"]})
+    with pytest.raises(ValueError, match="bogus"):
+        Config.model_validate({"tasks": ["like", "click"], "methods": ["bogus"]})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NMTStage(1, {0: 0.5}, lambda_init=0.2, ema=0.5, update="pi"),
+    lambda: __import__("components.train.objectives", fromlist=["FAMO"]).FAMO(2),
+])
+def test_resume_state_continues_exactly(make, tmp_path):
+    """A restarted stage (pickled resume state, as the resume checkpoint stores it) continues like
+    the uninterrupted one: multipliers, EMAs and the nuPI / FAMO optimizer states come back."""
+    a, b = make(), make()
+    steps = [torch.tensor([0.6, 0.9], dtype=torch.float64), torch.tensor([0.4, 0.8], dtype=torch.float64),
+             torch.tensor([0.55, 0.7], dtype=torch.float64)]
+    post = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    a.after_step(steps[0], post)
+    torch.save(a.resume_state(), tmp_path / "s.pt")
+    b.load_state(torch.load(tmp_path / "s.pt", weights_only=False))
+    for x in steps[1:]:
+        a.after_step(x, post)
+        b.after_step(x, post)
+    assert b.state() == a.state()

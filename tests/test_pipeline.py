@@ -22,8 +22,30 @@ def test_compile_has_preprocess_one_step_per_stage_and_evaluate(tmp_path):
     assert second == {"outputArtifactKey": "checkpoint", "producerTask": "train-stage"}
 
 
+def test_compile_demo_has_every_method_step(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.factory import build_pipeline
+    from kfp import compiler
+
+    from conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    out = tmp_path / "demo.yaml"
+    compiler.Compiler().compile(build_pipeline(cfg), str(out))
+    spec = yaml.safe_load(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "evaluate-all" in tasks
+    # famo+nmt's stage 2 starts from NMT's stage 1 (shared)
+    famo_stage = [t for t in tasks.values() if t["taskInfo"]["name"].startswith("famo-nmt-stage-2")]
+    assert famo_stage[0]["inputs"]["artifacts"]["previous"]["taskOutputArtifact"]["producerTask"] == "train-stage"
+    # one joint-training step per baseline, fanned out over the method names
+    loop = next(t for t in tasks.values() if "iteratorPolicy" in t or "parameterIterator" in t)
+    items = json.loads(loop["parameterIterator"]["items"]["raw"])
+    assert items == [m for m in cfg.methods if m in ("equal_weights", "famo") or m.startswith("weight_grid:")]
+
+
 def test_local_run_writes_report(tmp_path, capsys):
-    cfg = tiny_config(name="tiny-e2e")
+    cfg = tiny_config(name="tiny-e2e", methods=["nmt", "single_task", "equal_weights"])
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(json.loads(cfg.to_json())))
     assert main(["run", "--config", str(cfg_file), "--output", str(tmp_path / "out")]) == 0
@@ -31,9 +53,12 @@ def test_local_run_writes_report(tmp_path, capsys):
     assert report["tasks"] == ["like", "click"]
     assert set(report["methods"]["nmt"]["auc"]) == {"like", "click"}
     assert [s["task"] for s in report["stages"]] == ["like", "click"]
+    assert set(report["methods"]) == {"nmt", "single_task", "equal_weights"}
+    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+    out = capsys.readouterr().out
+    assert "equal_weights" in out and "report.html" in out
     # synthetic data carries its true probabilities through generate -> preprocess -> evaluate
     assert set(report["oracle_auc"]) == {"like", "click"}
-    assert "nmt" in capsys.readouterr().out
 
 
 def test_cli_bad_config_exits_nonzero(tmp_path, capsys):

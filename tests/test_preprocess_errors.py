@@ -29,6 +29,7 @@ def _cli(tmp_path, text, source="tenrec", config=None, **data):
     (HEADER + GOOD + "4,13,1,0,0\n", ["line 5", "expected 10 fields", "got 5"]),
     (HEADER + GOOD * 3 + "7,abc,1,0,0,0,1,1,0,2\n", ["line 11", "column 'item_id'", "integer id", "abc"]),
     (HEADER.replace("like", "liked") + GOOD, ["line 1", "['like']", "data.labels"]),
+    (HEADER + GOOD + "4,13,1,0,3,0,1,2,1,4\n" + GOOD, ["line 5", "column 'like'", "0/1 label", "got 3"]),
 ])
 def test_bad_tenrec_input_fails_with_location(tmp_path, capsys, text, needles):
     rc, out, left = _cli(tmp_path, text)

@@ -1,19 +1,34 @@
-"""KFP wrapper: evaluate the last stage's checkpoint, emit report.json and KFP metrics."""
-from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+"""KFP wrappers: evaluate every method on the test split -> report.json, HTML report with plots,
+Metrics and ClassificationMetrics (ROC). Two variants because a KFP input list (dsl.Collected) cannot
+be optional: `evaluate` (NMT chain only) and `evaluate_all` (plus the joint-training baselines)."""
+from typing import List
+
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
-def evaluate(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], report: Output[Artifact],
-             metrics: Output[Metrics]):
-    import math
+def evaluate(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], first_stage: Input[Model],
+             report: Output[Artifact], html: Output[HTML], metrics: Output[Metrics],
+             roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
+    import json
 
-    from components.evaluate.core import build_report, write_json
+    from components.evaluate.report import write_outputs
     from components.logs import setup_logging
 
     setup_logging()
-    result = build_report(checkpoint.path, dataset.path)
-    write_json(report.path, result)
-    for method, m in result["methods"].items():
-        for task, value in m["auc"].items():
-            if not math.isnan(value):
-                metrics.log_metric(f"{method}/{task}/auc", value)
+    write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None, [],
+                  json.loads(config_json)["methods"], report.path, html.path, metrics, roc)
+
+
+def evaluate_all(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], first_stage: Input[Model],
+                 joint: Input[List[Model]], report: Output[Artifact], html: Output[HTML], metrics: Output[Metrics],
+                 roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
+    import json
+
+    from components.evaluate.report import write_outputs
+    from components.logs import setup_logging
+
+    setup_logging()
+    write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None,
+                  [m.path for m in joint], json.loads(config_json)["methods"], report.path, html.path, metrics, roc)
+
+

@@ -37,17 +37,23 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray, tasks
     }
 
 
-def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") -> tuple[dict, dict]:
-    """Return (metrics, stage meta) of one stage checkpoint."""
+def predict_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test"):
+    """(labels [N, T], probabilities [N, T], user ids [N], stage meta) of one checkpoint on a split."""
     meta = checkpoint.read_meta(ckpt_dir)
     cfg = Config.model_validate(meta["config"])
     spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
     cols = load_split(dataset_dir, spec, split, cfg.tasks)
     model = build_model(cfg.model, spec, len(cfg.tasks), device="cpu")
     checkpoint.load_unsharded(ckpt_dir, model)
-    probs = predict(model, cols)
+    probs = np.broadcast_to(predict(model, cols), cols.labels.shape)  # a shared score serves every task
     users = cols.single[:, list(spec["sparse"]).index("user_id")] if "user_id" in spec["sparse"] else np.zeros(cols.rows)
-    return task_metrics(cols.labels, probs, users, cfg.tasks), meta
+    return cols.labels, probs, users, meta
+
+
+def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") -> tuple[dict, dict]:
+    """Return (metrics, stage meta) of one stage checkpoint."""
+    labels, probs, users, meta = predict_checkpoint(ckpt_dir, dataset_dir, split)
+    return task_metrics(labels, probs, users, meta["tasks"]), meta
 
 
 def build_report(final_ckpt: str, dataset_dir: str) -> dict:
@@ -72,10 +78,12 @@ def write_json(path: str | Path, obj) -> None:
 def summary_table(report: dict) -> str:
     tasks = report["tasks"]
     rows = [["method"] + [f"{t} AUC" for t in tasks]]
+    def fmt(x):
+        return "-" if x is None or x != x else f"{x:.4f}"
     for name, m in report["methods"].items():
-        rows.append([name] + [f"{m['auc'][t]:.4f}" for t in tasks])
+        rows.append([name] + [fmt(m["auc"].get(t)) for t in tasks])
     if "oracle_auc" in report:
-        rows.append(["oracle"] + [f"{report['oracle_auc'][t]:.4f}" for t in tasks])
+        rows.append(["oracle"] + [fmt(report["oracle_auc"].get(t)) for t in tasks])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -2,7 +2,8 @@
 
 Each side runs in its own fresh process (timed inside it, imports excluded; peak RSS from the
 kernel's accounting of that process and the workers it waited for), `--repeat` times interleaved;
-the fastest run of each side counts, which filters out other load on a shared machine. Prints a table, then one JSON line:
+the ratio is the median of the rounds' paired ratios (each pair runs back to back under the same
+outside load on a shared machine), seconds and rows/s are medians, peak RSS the largest. Prints a table, then one JSON line:
 {rows, beam_rows_per_s, pyarrow_rows_per_s, ratio, peak_rss_mib (Beam), pyarrow_peak_rss_mib, ...}.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=2_000_000,
@@ -23,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="DirectRunner processes (direct_num_workers)")
     p.add_argument("--chunk-mib", type=int, default=32, help="byte-range size handed to each Beam bundle")
     p.add_argument("--repeat", type=int, default=3,
-                   help="runs of each side, interleaved; the fastest counts (the machine may be shared)")
+                   help="rounds of (pyarrow, Beam) back to back; the median paired ratio counts")
     p.add_argument("--keep", help="directory to keep the generated file and outputs in (default: a temp dir)")
 
 
@@ -84,10 +87,12 @@ def run(args) -> int:
         for _ in tqdm(range(args.repeat), desc="bench preprocess", unit="round"):
             runs["pyarrow"].append(_measure("pyarrow", csv, root / "pyarrow.parquet", args))
             runs["beam"].append(_measure("beam", csv, root / "beam_dataset", args))
-        ref, beam = (min(runs[k], key=lambda r: r["seconds"]) for k in ("pyarrow", "beam"))
-        for k, best in (("pyarrow", ref), ("beam", beam)):
-            best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs[k])
-            best["all_seconds"] = [round(r["seconds"], 2) for r in runs[k]]
+        # each round's pair ran back to back under the same outside load: the median of the paired
+        # ratios is steadier than a ratio of two separately chosen runs
+        ratio = float(np.median([a["seconds"] / b["seconds"] for a, b in zip(runs["pyarrow"], runs["beam"])]))
+        ref, beam = ({"rows": runs[k][0]["rows"], "seconds": float(np.median([r["seconds"] for r in runs[k]])),
+                      "all_seconds": [round(r["seconds"], 2) for r in runs[k]],
+                      "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[k])} for k in ("pyarrow", "beam"))
         file_mib = round(csv.stat().st_size / 2**20, 1)
     rows = beam["rows"]
     if rows != ref["rows"]:
@@ -100,12 +105,13 @@ def run(args) -> int:
         "pyarrow_seconds": ref["all_seconds"],
         "beam_rows_per_s": round(rows / beam["seconds"]),
         "pyarrow_rows_per_s": round(rows / ref["seconds"]),
-        "ratio": round(ref["seconds"] / beam["seconds"], 3),
+        "ratio": round(ratio, 3),
         "peak_rss_mib": round(beam["peak_rss_mib"]),  # of our Beam preprocessing
         "pyarrow_peak_rss_mib": round(ref["peak_rss_mib"]),
     }
-    table = Table(title=f"preprocess: {rows:,} rows (ratio = Beam rows/s / pyarrow rows/s)")
-    for col in ("", "seconds", "rows/s", "peak RSS MiB"):
+    table = Table(title=f"preprocess: {rows:,} rows, ratio {result['ratio']} (Beam rows/s / pyarrow rows/s, "
+                        f"median of {args.repeat} paired rounds)")
+    for col in ("", "median seconds", "rows/s", "peak RSS MiB"):
         table.add_column(col, justify="right")
     table.add_row("Beam (ours)", f"{beam['seconds']:.2f}", f"{result['beam_rows_per_s']:,}", str(result["peak_rss_mib"]))
     table.add_row("pyarrow CSV->Parquet", f"{ref['seconds']:.2f}", f"{result['pyarrow_rows_per_s']:,}",

@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.preprocess import draws
-from components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file
+from components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file, line_number
 from components.preprocess.schemas import TRUTH_PREFIX, get_format
 from components.preprocess.vocab import FIRST_ID, NULL_INDEX, OOV_INDEX, Encoder, build_vocab, count_values, merge_counts
 
@@ -74,13 +74,25 @@ class _CountRange(beam.DoFn):
 
     def process(self, rng):
         _, start, end = rng
-        table, bad, _ = self.reader.read(start, end)
+        table, bad, offsets = self.reader.read(start, end)
+        _check_labels(self.reader.layout, table, self.spec.labels, offsets)
         for name, cols in self.spec.tables().items():
             yield name, count_values([table.column(c) for c, _ in cols], [is_bag for _, is_bag in cols])
         stats = {"rows": table.num_rows, "bad_rows": bad}
         for label in self.spec.labels:
             stats[f"positives.{label}"] = int(pc.sum(pc.equal(table.column(label), 1)).as_py() or 0)
         yield beam.pvalue.TaggedOutput("stats", stats)
+
+
+def _check_labels(layout: Layout, table: pa.Table, labels: list[str], offsets: np.ndarray) -> None:
+    """Labels train binary heads: anything but 0, 1 or null is an error naming its line."""
+    for label in labels:
+        values = table.column(label).fill_null(0).to_numpy()
+        wrong = np.flatnonzero((values != 0) & (values != 1))
+        if len(wrong):
+            line = line_number(layout, int(offsets[wrong[0]]))
+            raise PreprocessError(f"{layout.path}: line {line}, column {label!r}: expected a 0/1 label "
+                                  f"(configured in data.labels), got {values[wrong[0]]}")
 
 
 class _MergeCounts(beam.CombineFn):

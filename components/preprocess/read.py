@@ -79,7 +79,7 @@ def _line_starts(data: bytes) -> np.ndarray:
     return starts[(raw[starts] != 10) & (raw[starts] != 13)].astype(np.int64)
 
 
-def _line_number(layout: Layout, offset: int) -> int:
+def line_number(layout: Layout, offset: int) -> int:
     """1-based line number of the line starting at `offset` (only computed when reporting errors)."""
     with open(layout.path, "rb") as f:
         lines, done = 1, 0
@@ -117,17 +117,17 @@ class RangeReader:
             table = self._parse(data)
             offsets = start + _line_starts(data)
             if len(offsets) != table.num_rows:
-                raise PreprocessError(f"{self.layout.path}: lines from {_line_number(self.layout, start)}: "
+                raise PreprocessError(f"{self.layout.path}: lines from {line_number(self.layout, start)}: "
                                       f"{len(offsets)} lines but {table.num_rows} parsed rows")
             return table, 0, offsets
         except pa.ArrowInvalid as e:
             good, bad = self._scan(data, start)
             if not bad:  # pyarrow saw a problem that the line scan cannot place
-                line = _line_number(self.layout, start)
+                line = line_number(self.layout, start)
                 raise PreprocessError(f"{self.layout.path}: lines from {line}: {e}") from None
             if self.on_bad_rows == "error":
                 offset, column, reason = bad[0]
-                line = _line_number(self.layout, start) + data[:offset - start].count(b"\n")
+                line = line_number(self.layout, start) + data[:offset - start].count(b"\n")
                 where = f", column {column!r}" if column else ""
                 raise PreprocessError(f"{self.layout.path}: line {line}{where}: {reason} "
                                       f"(set data.on_bad_rows: skip to drop and count such rows)") from None

@@ -4,12 +4,13 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 
 def train_stage(config_json: str, stage: int, dataset: Input[Dataset], checkpoint: Output[Model],
-                previous: Input[Model] = None):
+                previous: Input[Model] = None, method: str = "nmt"):
     from components.logs import setup_logging
     from components.train.launch import train_stage_main
 
     setup_logging()
     meta = train_stage_main(config_json, stage, dataset.path, checkpoint.path,
-                            previous.path if previous is not None else None)
+                            previous.path if previous is not None else None, method=method)
     checkpoint.metadata.update({"task": meta["task"], "tasks": meta["tasks"],
-                                "frozen_optima": meta["frozen_optima"], "model_hash": meta["model_hash"]})
+                                "frozen_optima": meta["frozen_optima"], "model_hash": meta["model_hash"],
+                                "method": meta["method"]})

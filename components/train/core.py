@@ -6,8 +6,10 @@ every higher task at its frozen optimum through the Lagrangian objective. The co
 (their KFP cache keys stay the same).
 
 The frozen optimum f_k(θ*) is the exact mean training loss of task k over one pass at the stage's
-final (best-validation) parameters: the constraint in later stages compares training-batch losses
-with it, so both sides are measured on the same data.
+final (best-validation) parameters, in float64: the constraint in later stages compares training-batch
+losses with it, so both sides are measured on the same data. The stage also freezes task k's
+validation loss and AUC; later stages use them for early stopping (components/train/objectives/nmt.py
+`valid_score`) and for the constraint audit (components/train/audit.py).
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from components.train import checkpoint
+from components.train import audit, checkpoint
 from components.train.data import load_split
 from components.train.distributed import init_process_group, log_plan, set_threads, shard
-from components.train.loop import mean_losses, train_stage
-from components.train.objectives import NMTStage, SingleTask
+from components.train.loop import mean_losses, task_losses, train_stage
+from components.train.losses import get_loss
+from components.train.objectives.registry import stage_objective
 from components.train.resume import Resumer, stage_key
 from models.registry import build_model
 from models.sparse import check_spec
@@ -60,14 +63,39 @@ def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
             f"model or features changed: retrain from stage 1)")
 
 
-def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None) -> dict:
+def loss_functions(cfg: Config):
+    """(training loss, loss for split means: None = exact per-row BCE)."""
+    if cfg.train.loss == "bce":
+        return task_losses, None
+    fn = get_loss(cfg.train.loss)
+    return fn, fn
+
+
+def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
+    """Process group, data splits and the sharded model: shared by NMT stages and joint baselines."""
+    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    check_spec(spec, cfg.features)
+    device = init_process_group()
+    set_threads(cfg.train.threads)
+    torch.manual_seed(seed)  # the dense init: identical on every rank and for any plan
+    train = load_split(dataset_dir, spec, "train", cfg.tasks)
+    valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
+    model = build_model(cfg.model, spec, len(cfg.tasks))
+    dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
+    return spec, train, valid, dmp, dense_opt, log_plan(plan, label)
+
+
+def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
+    return {t: cfg.nmt.tolerance + cfg.nmt.relative_tolerance * abs(v) for t, v in optima.items()}
+
+
+def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
+              method: str = "nmt") -> dict:
     if not 0 <= stage < len(cfg.tasks):
         raise ValueError(f"stage {stage + 1} does not exist for tasks {cfg.tasks}")
     cfg = cfg.model_copy(update={"tasks": cfg.tasks[:stage + 1]})
     task = cfg.tasks[stage]
-    label = f"stage {stage + 1} ({task})"
-    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
-    check_spec(spec, cfg.features)
+    label = f"stage {stage + 1} ({task})" + (f" [{method}]" if stage and method != "nmt" else "")
     prev = None
     if stage > 0:
         if previous_dir is None:
@@ -75,43 +103,51 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         prev = checkpoint.read_meta(previous_dir)
         check_previous(prev, cfg, stage, previous_dir)
 
-    device = init_process_group()
-    set_threads(cfg.train.threads)
-    torch.manual_seed(cfg.seed + stage)  # the dense init: identical on every rank and for any plan
-    train = load_split(dataset_dir, spec, "train", cfg.tasks)
-    valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
-    model = build_model(cfg.model, spec, len(cfg.tasks))
-    dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
-    plan = log_plan(plan, label)
+    spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed + stage, label)
     if prev is not None:
         checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
-    frozen = {j: prev["frozen_optima"][cfg.tasks[j]] for j in range(stage)} if prev else {}
-    n = cfg.nmt
-    objective = NMTStage(stage, frozen, n.lambda_init, n.tau, n.tolerance, n.ema) if stage else SingleTask(0)
-    meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "model_hash": cfg.model_hash(),
-            "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
+    higher = cfg.tasks[:stage]
+    frozen = {j: prev["frozen_optima"][t] for j, t in enumerate(higher)} if prev else {}
+    frozen_valid = {j: prev["frozen_valid"][t] for j, t in enumerate(higher)} if prev else {}
+    tol = tolerances(cfg, prev["frozen_optima"]) if prev else {}
+    vtol = tolerances(cfg, prev["frozen_valid"]) if prev else {}
+    objective = stage_objective(method, stage, frozen, cfg.nmt, {j: tol[t] for j, t in enumerate(higher)})
+    if stage:
+        objective.frozen_valid = frozen_valid
+        objective.valid_tolerance = {j: vtol[t] for j, t in enumerate(higher)}
+    train_fn, mean_fn = loss_functions(cfg)
+    meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "method": method if stage else "nmt",
+            "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
     resumer = None
     if cfg.train.resume_root:
-        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, task), cfg.train.checkpoint_every,
-                          meta, plan)
+        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, f"{task}:{method}"),
+                          cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
-                              best_dir=best_dir, meta=meta, label=label, resumer=resumer)
-    train_loss = mean_losses(dmp, train, cfg.train.batch_size)
-    valid_loss = mean_losses(dmp, valid, cfg.train.batch_size)
-    frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: float(train_loss[stage])}
+                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=train_fn)
+    bs = cfg.train.batch_size
+    train_loss = [float(x) for x in mean_losses(dmp, train, bs, mean_fn)]
+    valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, mean_fn)]
+    valid_auc = audit.split_aucs(dmp, valid, bs)
+    frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: train_loss[stage]}
+    frozen_valid_all = {**(prev["frozen_valid"] if prev else {}), task: valid_loss[stage]}
+    frozen_valid_auc = {**(prev["frozen_valid_auc"] if prev else {}), task: valid_auc[stage]}
+    lambdas = {cfg.tasks[j]: v for j, v in objective.state().get("lambda", {}).items()}
+    checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
+                                    frozen_valid_auc, lambdas, vtol)
     stage_record = {
-        "task": task, "frozen_optima": frozen_optima, "lambda_final": {cfg.tasks[j]: v for j, v in
-                                                                      objective.state().get("lambda", {}).items()},
-        "train_loss": {t: float(train_loss[i]) for i, t in enumerate(cfg.tasks)},
-        "valid_loss": {t: float(valid_loss[i]) for i, t in enumerate(cfg.tasks)},
-        "epochs": history["epochs"], "history": history,
+        "task": task, "method": meta["method"], "frozen_optima": frozen_optima, "lambda_final": lambdas,
+        "tolerance": tol, "constraint_audit": checks,
+        "train_loss": dict(zip(cfg.tasks, train_loss)), "valid_loss": dict(zip(cfg.tasks, valid_loss)),
+        "valid_auc": dict(zip(cfg.tasks, valid_auc)), "epochs": history["epochs"], "history": history,
     }
-    meta.update(frozen_optima=frozen_optima, stages=(prev["stages"] if prev else []) + [stage_record])
+    audit.enforce(checks, label, cfg.nmt.fail_on_breach)
+    meta.update(frozen_optima=frozen_optima, frozen_valid=frozen_valid_all, frozen_valid_auc=frozen_valid_auc,
+                stages=(prev["stages"] if prev else []) + [stage_record])
     checkpoint.save(out_dir, dmp, meta, plan=plan)
     if resumer is not None:
         resumer.cleanup()

@@ -20,16 +20,22 @@ class LaunchError(RuntimeError):
     pass
 
 
-def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None) -> dict:
+def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
+                     method: str = "nmt") -> dict:
     cfg = Config.from_json(config_json)
+    if cfg.train.checkpoint_every and not cfg.train.resume_root:
+        # default resume root: beside the stage's output, which a retried KFP step (or a rerun) writes again
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume_root": f"{out_dir}.resume"})})
+        config_json = cfg.to_json()
     if cfg.train.nproc > 1 and "RANK" not in os.environ:
-        return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir)
+        return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir, method)
     from components.train.core import run_stage
 
-    return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir)
+    return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method=method)
 
 
-def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir) -> dict:
+def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir,
+              method: str = "nmt") -> dict:
     from components.train import checkpoint
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nmtrec-stage-", delete=False) as f:
@@ -37,7 +43,7 @@ def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_d
     try:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.train.nproc}",
                "-m", "components.train.launch", "@" + f.name, str(stage), dataset_dir, out_dir]
-        cmd += [previous_dir] if previous_dir else []
+        cmd += [previous_dir or "-", method]
         rc = subprocess.call(cmd)
     finally:
         os.unlink(f.name)
@@ -48,7 +54,7 @@ def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_d
 
 
 def main(argv: list[str]) -> int:
-    """python -m components.train.launch CONFIG_JSON|@FILE STAGE DATASET OUT [PREVIOUS]"""
+    """python -m components.train.launch CONFIG_JSON|@FILE STAGE DATASET OUT [PREVIOUS|- [METHOD]]"""
     from components.logs import setup_logging
 
     setup_logging()
@@ -56,7 +62,8 @@ def main(argv: list[str]) -> int:
     if config.startswith("@"):
         with open(config[1:]) as f:
             config = f.read()
-    meta = train_stage_main(config, int(argv[1]), argv[2], argv[3], argv[4] if len(argv) > 4 else None)
+    previous = argv[4] if len(argv) > 4 and argv[4] != "-" else None
+    meta = train_stage_main(config, int(argv[1]), argv[2], argv[3], previous, argv[5] if len(argv) > 5 else "nmt")
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -25,27 +25,33 @@ class NonFiniteLoss(RuntimeError):
 
 def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy per task: [num_tasks]."""
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+    return F.binary_cross_entropy_with_logits(logits.expand_as(labels), labels, reduction="none").mean(0)
 
 
 @torch.no_grad()
-def mean_losses(model, cols: Columns, batch_size: int) -> torch.Tensor:
-    """Exact mean loss per task over a whole split (all ranks together), float64."""
+def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Tensor:
+    """Mean loss per task over a whole split (all ranks together), float64: exact for BCE; for a
+    batch-level loss (pairwise) the row-weighted mean of its batch values."""
     model.eval()
     rank, world = dist.get_rank(), dist.get_world_size()
     total = torch.zeros(cols.labels.shape[1] + 1, dtype=torch.float64)
     for kjt, labels, mask in eval_batches(cols, batch_size, rank, world):
-        per_row = F.binary_cross_entropy_with_logits(model(kjt), labels, reduction="none")
-        total[:-1] += (per_row * mask[:, None]).sum(0).double()
+        logits = model(kjt).expand_as(labels)
+        if loss_fn is None:
+            per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            total[:-1] += (per_row * mask[:, None]).sum(0).double()
+        else:
+            keep = mask > 0
+            total[:-1] += loss_fn(logits[keep], labels[keep]).double() * keep.sum()
         total[-1] += mask.sum().double()
     dist.all_reduce(total)
     model.train()
     return total[:-1] / total[-1]
 
 
-def train_step(model, dense_opt, objective, kjt, labels, where: str = "") -> torch.Tensor:
+def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses) -> torch.Tensor:
     """One optimiser step (the embeddings update inside backward, fused); returns the task losses."""
-    losses = task_losses(model(kjt), labels)
+    losses = loss_fn(model(kjt), labels)
     loss = objective.loss(losses)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
@@ -67,9 +73,10 @@ def global_losses(losses: torch.Tensor) -> torch.Tensor:
 
 def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
                 max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
-                resumer=None) -> dict:
+                resumer=None, loss_fn=task_losses) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
-    continues from the last checkpoint instead of from the start."""
+    continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
+    losses (components/train/losses.py)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
@@ -88,9 +95,14 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
                    total=steps_per_epoch, initial=start, desc=f"{label} epoch {epoch + 1}", disable=rank != 0,
                    leave=False)
         for pos, (kjt, labels) in enumerate(bar, start=start + 1):
-            losses = train_step(model, dense_opt, objective, kjt, labels, f"{label}: at epoch {epoch + 1}, step {step + 1}")
+            losses = train_step(model, dense_opt, objective, kjt, labels,
+                                f"{label}: at epoch {epoch + 1}, step {step + 1}", loss_fn)
             shared = global_losses(losses)
-            objective.after_step(shared)
+            post = None
+            if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
+                with torch.no_grad():
+                    post = global_losses(loss_fn(model(kjt), labels))
+            objective.after_step(shared, post)
             step += 1
             history["step"].append(step)
             history["loss"].append([float(x) for x in shared])
@@ -98,11 +110,11 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
             if resumer is not None and resumer.due(step):
                 resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
                                                             "bad": bad, "history": history})
-        val = mean_losses(model, valid, batch_size)
+        val = mean_losses(model, valid, batch_size, None if loss_fn is task_losses else loss_fn)
         history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
-        score = float(val[stage_task])
+        score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints
         if rank == 0:
-            log.info("%s epoch %d: valid loss %s (stage task %.5f)", label, epoch + 1,
+            log.info("%s epoch %d: valid loss %s (score %.5f)", label, epoch + 1,
                      [round(float(x), 5) for x in val], score)
         if score < best - 1e-6:
             best, bad = score, 0

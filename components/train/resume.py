@@ -10,6 +10,7 @@ stage's whole config, so a changed config never resumes from a stale checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,8 +22,16 @@ from components.train import checkpoint
 log = logging.getLogger("nmtrec.train")
 
 
+# how a stage runs, not what it computes: a stage restarted with another process count (a pod
+# rescheduled with fewer GPUs) still resumes; the checkpoint reshards on load
+RUN_ONLY = ("nproc", "threads", "retries", "checkpoint_every", "resume_root")
+
+
 def stage_key(config_json: str, stage: int, task: str) -> str:
-    return f"stage{stage + 1}-{task}-{hashlib.sha256(config_json.encode()).hexdigest()[:12]}"
+    cfg = json.loads(config_json)
+    cfg["train"] = {k: v for k, v in cfg.get("train", {}).items() if k not in RUN_ONLY}
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    return f"stage{stage + 1}-{task}-{digest}"
 
 
 class Resumer:
@@ -70,3 +79,6 @@ class Resumer:
             dist.barrier()
         if dist.get_rank() == 0:
             shutil.rmtree(self.dir, ignore_errors=True)
+            root = self.dir.parent
+            if root.name.endswith(".resume") and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # the default root `<stage output>.resume` (launch.py), now empty

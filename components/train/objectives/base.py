@@ -8,12 +8,20 @@ import torch
 
 
 class Objective:
+    # True: the training loop measures the same batch's losses again after the parameter step and
+    # passes them to after_step as `post_losses` (FAMO needs the loss decrease of the step)
+    needs_post_step_losses = False
+
     def loss(self, task_losses: torch.Tensor) -> torch.Tensor:
         """task_losses: [num_tasks] mean losses of this batch (tasks in priority order)."""
         raise NotImplementedError
 
-    def after_step(self, task_losses: torch.Tensor) -> None:
+    def after_step(self, task_losses: torch.Tensor, post_losses: torch.Tensor | None = None) -> None:
         """Called with the detached batch losses after the parameter step."""
+
+    def valid_score(self, valid_losses: torch.Tensor) -> float:
+        """Validation score to minimise for early stopping (default: the mean task loss)."""
+        return float(valid_losses.double().mean())
 
     def state(self) -> dict:
         """Scalars worth logging (e.g. multipliers)."""

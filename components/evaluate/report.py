@@ -1,0 +1,64 @@
+"""report.json: every method's test metrics, the NMT stages with their frozen optima, final
+multipliers and constraint audits (shape in the README's 'Report' section)."""
+from __future__ import annotations
+
+import numpy as np
+
+from components.evaluate.methods import evaluate_methods
+from components.evaluate.oracle import oracle_report
+
+STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "epochs",
+              "valid_loss", "valid_auc")
+
+
+def stage_summaries(meta: dict) -> list[dict]:
+    return [{k: s.get(k) for k in STAGE_KEYS} for s in meta["stages"]]
+
+
+def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None = None,
+                      joint: list[str] = (), method_order: list[str] | None = None) -> tuple[dict, dict, tuple]:
+    """Return (report, {method: checkpoint meta}, NMT test (labels, probs))."""
+    from components.train.checkpoint import read_meta
+
+    tasks = read_meta(nmt)["tasks"]
+    methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
+    if method_order:  # the config's order, then whatever else was evaluated
+        methods = {k: methods[k] for k in [*method_order, *methods] if k in methods}
+    report = {"tasks": tasks, "methods": methods, "stages": stage_summaries(metas["nmt"]),
+              **oracle_report(dataset_dir, tasks)}
+    if "famo+nmt" in metas:
+        report["stages_famo_nmt"] = stage_summaries(metas["famo+nmt"])
+    report["constraint_audit_passed"] = not any(a["breach"] for s in report["stages"]
+                                                for a in s["constraint_audit"] or [])
+    return report, metas, nmt_pred
+
+
+def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None, joint: list[str],
+                  method_order: list[str], report_path: str, html_path: str, metrics=None, roc=None) -> dict:
+    """Evaluate, then write report.json and the HTML report (atomically); log KFP metrics if given."""
+    import math
+    import os
+    from pathlib import Path
+
+    from sklearn.metrics import roc_curve
+
+    from components.evaluate.core import write_json
+    from components.evaluate.html import render
+
+    report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
+    write_json(report_path, report)
+    tmp = Path(html_path).with_name(Path(html_path).name + ".tmp")
+    tmp.write_text(render(report, metas["nmt"]["stages"], title=f"nmtrec: {' > '.join(report['tasks'])}"))
+    os.replace(tmp, html_path)
+    if metrics is not None:
+        for method, m in report["methods"].items():
+            for kind in ("auc", "gauc", "logloss"):
+                for task, value in m[kind].items():
+                    if value is not None and not math.isnan(value):
+                        metrics.log_metric(f"{method}/{task}/{kind}", value)
+    if roc is not None:  # NMT's ROC of the primary task (a ClassificationMetrics artifact holds one curve)
+        fpr, tpr, thr = roc_curve(labels[:, 0], probs[:, 0])
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+        roc.log_roc_curve([float(x) for x in fpr[keep]], [float(x) for x in tpr[keep]],
+                          [float(min(x, 1e9)) for x in thr[keep]])
+    return report

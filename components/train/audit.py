@@ -1,0 +1,70 @@
+"""Constraint audit after each NMT stage: did the higher-priority tasks keep their quality?
+
+For every higher task j: its validation loss and AUC now versus the values measured at the end of
+its own stage (the frozen optimum on validation data), its final multiplier, and a breach flag when
+the validation loss exceeds the frozen value by more than the tolerance r_j. A breach is a warning
+in the report; with `nmt.fail_on_breach` the stage fails instead (before writing its artifact).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from components.evaluate.metrics import auc
+from components.train.data import Columns, eval_batches
+
+log = logging.getLogger("nmtrec.audit")
+
+
+class ConstraintBreach(RuntimeError):
+    pass
+
+
+@torch.no_grad()
+def split_scores(model, cols: Columns, batch_size: int) -> np.ndarray:
+    """Logits of every row of a split in row order (all ranks together); [rows, outputs]."""
+    model.eval()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = []
+    for kjt, _, mask in eval_batches(cols, batch_size, rank, world):
+        mine.append(model(kjt)[mask > 0].double().cpu().numpy())
+    model.train()
+    mine = np.concatenate(mine) if mine else np.zeros((0, 1))
+    parts = [None] * world
+    dist.all_gather_object(parts, mine)
+    return np.concatenate(parts)
+
+
+def split_aucs(model, cols: Columns, batch_size: int) -> list[float]:
+    scores = split_scores(model, cols, batch_size)
+    scores = np.broadcast_to(scores, cols.labels.shape)
+    return [auc(cols.labels[:, t], scores[:, t]) for t in range(cols.labels.shape[1])]
+
+
+def constraint_audit(tasks: list[str], stage: int, valid_loss: list[float], valid_auc: list[float],
+                     frozen_valid: dict[str, float], frozen_valid_auc: dict[str, float],
+                     lambdas: dict[str, float], tolerance: dict[str, float]) -> list[dict]:
+    rows = []
+    for j in range(stage):
+        t = tasks[j]
+        excess = valid_loss[j] - frozen_valid[t]
+        rows.append({
+            "task": t, "valid_loss": valid_loss[j], "frozen_valid_loss": frozen_valid[t],
+            "excess": excess, "tolerance": tolerance[t], "valid_auc": valid_auc[j],
+            "frozen_valid_auc": frozen_valid_auc[t], "auc_change": valid_auc[j] - frozen_valid_auc[t],
+            "lambda_final": lambdas.get(t), "breach": bool(excess > tolerance[t]),
+        })
+    return rows
+
+
+def enforce(audit: list[dict], label: str, fail: bool) -> None:
+    breaches = [a for a in audit if a["breach"]]
+    for a in breaches:
+        log.warning("%s: constraint on %s breached: validation loss %.5f > frozen %.5f + tolerance %.5f",
+                    label, a["task"], a["valid_loss"], a["frozen_valid_loss"], a["tolerance"])
+    if breaches and fail:
+        raise ConstraintBreach(f"{label}: constraint audit failed for {[a['task'] for a in breaches]} "
+                               f"(nmt.fail_on_breach is set)")

@@ -1,0 +1,12 @@
+"""KFP wrapper of one joint-training baseline (a step beside the NMT chain)."""
+from kfp.dsl import Dataset, Input, Model, Output
+
+
+def train_joint(config_json: str, method: str, dataset: Input[Dataset], checkpoint: Output[Model]):
+    from components.logs import setup_logging
+    from components.train.joint import run_joint
+    from pipelines.config import Config
+
+    setup_logging()
+    meta = run_joint(Config.from_json(config_json), method, dataset.path, checkpoint.path)
+    checkpoint.metadata.update({"method": method, "tasks": meta["tasks"], "epochs": meta["epochs"]})

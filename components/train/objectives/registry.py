@@ -1,0 +1,29 @@
+"""Objective plug-ins by method name. Adding a weighting method: one file + one line here."""
+from __future__ import annotations
+
+from components.train.objectives.famo import FAMO
+from components.train.objectives.famo_nmt import FAMONMTStage
+from components.train.objectives.names import parse_method
+from components.train.objectives.nmt import NMTStage, SingleTask
+from components.train.objectives.static import StaticWeights
+
+
+def joint_objective(name: str, num_tasks: int):
+    kind, w = parse_method(name, num_tasks)
+    if kind == "equal_weights":
+        return StaticWeights([1.0] * num_tasks)
+    if kind == "weight_grid":
+        return StaticWeights(w)
+    if kind == "famo":
+        return FAMO(num_tasks)
+    raise ValueError(f"{name!r} is not a joint-training method")
+
+
+def stage_objective(method: str, stage: int, frozen: dict[int, float], nmt_cfg, tolerance: dict[int, float]):
+    if stage == 0:
+        return SingleTask(0)
+    kw = dict(lambda_init=nmt_cfg.lambda_init, tau=nmt_cfg.tau, tolerance=tolerance, ema=nmt_cfg.ema,
+              update=nmt_cfg.multiplier)
+    if method == "famo+nmt":
+        return FAMONMTStage(stage, frozen, **kw)
+    return NMTStage(stage, frozen, **kw)

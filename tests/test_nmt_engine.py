@@ -1,0 +1,108 @@
+"""NMT engine on tiny synthetic data: frozen optima passed between stages, the priority property,
+the constraint audit against sklearn, baselines and the HTML report."""
+import base64
+import json
+import re
+
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import tiny_config
+
+NMT = {"relative_tolerance": 0.01, "lambda_init": 1.0}
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_dataset, tmp_path_factory):
+    """click > like: stage 1, stage 2 (NMT) and two joint baselines."""
+    from components.train.core import run_stage
+    from components.train.joint import run_joint
+
+    cfg = tiny_config(tasks=["click", "like"], train={"max_epochs": 3, "patience": 0}, nmt=NMT)
+    data = str(tiny_dataset / "dataset")
+    root = tmp_path_factory.mktemp("chain")
+    run_stage(cfg, 0, data, str(root / "s1"))
+    run_stage(cfg, 1, data, str(root / "s2"), str(root / "s1"))
+    for m in ("equal_weights", "weight_grid:0.9:0.1"):
+        run_joint(cfg, m, data, str(root / m.replace(":", "_")))
+    return cfg, data, root
+
+
+def test_priority_property_primary_auc_kept(chain):
+    from components.evaluate.core import evaluate_checkpoint
+
+    cfg, data, root = chain
+    single, _ = evaluate_checkpoint(str(root / "s1"), data)
+    nmt, meta = evaluate_checkpoint(str(root / "s2"), data)
+    # NMT's stage 2 may not trade the primary task for the secondary one (fixed seed, tiny data)
+    assert nmt["auc"]["click"] >= single["auc"]["click"] - 0.01
+    audit = meta["stages"][1]["constraint_audit"]
+    assert [a["task"] for a in audit] == ["click"] and not audit[0]["breach"]
+
+
+def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
+    from components.train import checkpoint
+    from components.train.core import run_stage
+
+    cfg, data, root = chain
+    meta = json.loads((root / "s1" / "stage.json").read_text())
+    # a stage reads f_j(θ*) from the artifact, not from its own run: plant recognisable values
+    meta["frozen_optima"]["click"] = 0.4321
+    meta["frozen_valid"]["click"] = 0.6543
+    (tmp_path / "s1").mkdir()
+    for f in (root / "s1").iterdir():
+        if f.name not in ("stage.json", checkpoint.MANIFEST):
+            (tmp_path / "s1" / f.name).symlink_to(f)
+    planted = tmp_path / "s1" / "stage.json"
+    planted.write_text(json.dumps(meta))
+    manifest = json.loads((root / "s1" / checkpoint.MANIFEST).read_text())  # keep the integrity check happy
+    manifest["files"]["stage.json"] = {"bytes": planted.stat().st_size, "sha256": checkpoint._sha256(planted)}
+    (tmp_path / "s1" / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    cfg1 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 1})})
+    m2 = run_stage(cfg1, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
+    stage = m2["stages"][-1]
+    assert m2["frozen_optima"]["click"] == 0.4321
+    assert stage["tolerance"]["click"] == pytest.approx(0.01 * 0.4321)
+    assert stage["constraint_audit"][0]["frozen_valid_loss"] == 0.6543
+
+
+def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
+    """One shared score, pairwise loss, three tasks: stage 3 audits both higher tasks."""
+    from components.evaluate.core import predict_checkpoint
+    from components.train.core import run_stage
+
+    cfg = tiny_config(tasks=["click", "like", "share"], model={"head": "shared_score"},
+                      train={"loss": "pairwise", "max_epochs": 1, "patience": 0}, nmt=NMT)
+    data = str(tiny_dataset / "dataset")
+    for k in range(3):
+        meta = run_stage(cfg, k, data, str(tmp_path / f"s{k}"), str(tmp_path / f"s{k - 1}") if k else None)
+    audit = meta["stages"][-1]["constraint_audit"]
+    assert [a["task"] for a in audit] == ["click", "like"]
+    labels, probs, _, _ = predict_checkpoint(str(tmp_path / "s2"), data, split="valid")
+    assert probs.shape == labels.shape  # the single score serves every task
+    for j, a in enumerate(audit):
+        assert a["valid_auc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]), abs=1e-6)
+        assert a["breach"] == (a["valid_loss"] - a["frozen_valid_loss"] > a["tolerance"])
+        assert a["lambda_final"] >= 0.0
+
+
+def test_report_json_and_html_with_embedded_plots(chain, tmp_path):
+    from components.evaluate.report import write_outputs
+
+    cfg, data, root = chain
+    joint = [str(root / "equal_weights"), str(root / "weight_grid_0.9_0.1")]
+    report = write_outputs(data, str(root / "s2"), str(root / "s1"), None, joint,
+                           ["nmt", "single_task", "equal_weights", "weight_grid:0.9:0.1"],
+                           str(tmp_path / "report.json"), str(tmp_path / "report.html"))
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert list(report["methods"]) == ["nmt", "single_task", "equal_weights", "weight_grid:0.9:0.1"]
+    assert report["methods"]["single_task"]["auc"]["like"] is None  # stage 1 has no like head
+    assert report["stages"][1]["constraint_audit"][0]["task"] == "click"
+    page = (tmp_path / "report.html").read_text()
+    images = re.findall(r'<img alt="plot" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2  # stage-2 losses/multipliers (Fig. 3) and the AUC trade-off (Fig. 2)
+    for img in images:
+        assert base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in report["methods"]:
+        assert f"<th>{name}</th>" in page
+    assert f"{report['methods']['nmt']['auc']['click']:.4f}" in page
