@@ -67,12 +67,16 @@ def build_report(final_ckpt: str, dataset_dir: str) -> dict:
     }
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Atomic write: a reader never sees a half-written report."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A reader never sees a half-written report: write a temporary name, then rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=True))
 
 
 def summary_table(report: dict) -> str:

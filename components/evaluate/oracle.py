@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.metrics import roc_auc_score
+
+from components.evaluate.metrics import auc
 
 
 def oracle_auc(test_table: pa.Table, truth: dict[str, str], tasks: list[str]) -> dict[str, float]:
@@ -22,7 +23,7 @@ def oracle_auc(test_table: pa.Table, truth: dict[str, str], tasks: list[str]) ->
         labels = test_table.column(t).to_numpy()
         if labels.min() == labels.max():
             continue
-        out[t] = float(roc_auc_score(labels, test_table.column(truth[t]).to_numpy()))
+        out[t] = auc(labels, test_table.column(truth[t]).to_numpy())
     return out
 
 

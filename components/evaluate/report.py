@@ -37,19 +37,16 @@ def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | 
                   method_order: list[str], report_path: str, html_path: str, metrics=None, roc=None) -> dict:
     """Evaluate, then write report.json and the HTML report (atomically); log KFP metrics if given."""
     import math
-    import os
-    from pathlib import Path
 
     from sklearn.metrics import roc_curve
 
-    from components.evaluate.core import write_json
+    from components.evaluate.core import write_json, write_text_atomic
     from components.evaluate.html import render
 
     report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
     write_json(report_path, report)
-    tmp = Path(html_path).with_name(Path(html_path).name + ".tmp")
-    tmp.write_text(render(report, metas["nmt"]["stages"], title=f"nmtrec: {' > '.join(report['tasks'])}"))
-    os.replace(tmp, html_path)
+    title = f"nmtrec: {' > '.join(report['tasks'])}"
+    write_text_atomic(html_path, render(report, metas["nmt"]["stages"], title=title))
     if metrics is not None:
         for method, m in report["methods"].items():
             for kind in ("auc", "gauc", "logloss"):
