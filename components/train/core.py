@@ -63,12 +63,9 @@ def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
             f"model or features changed: retrain from stage 1)")
 
 
-def loss_functions(cfg: Config):
-    """(training loss, loss for split means: None = exact per-row BCE)."""
-    if cfg.train.loss == "bce":
-        return task_losses, None
-    fn = get_loss(cfg.train.loss)
-    return fn, fn
+def loss_function(cfg: Config):
+    """The per-task batch loss of `train.loss` (BCE: `task_losses`)."""
+    return task_losses if cfg.train.loss == "bce" else get_loss(cfg.train.loss)
 
 
 def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
@@ -116,7 +113,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     if stage:
         objective.frozen_valid = frozen_valid
         objective.valid_tolerance = {j: vtol[t] for j, t in enumerate(higher)}
-    train_fn, mean_fn = loss_functions(cfg)
+    loss_fn = loss_function(cfg)
     meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "method": method if stage else "nmt",
             "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
     resumer = None
@@ -128,10 +125,10 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
-                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=train_fn)
+                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn)
     bs = cfg.train.batch_size
-    train_loss = [float(x) for x in mean_losses(dmp, train, bs, mean_fn)]
-    valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, mean_fn)]
+    train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]
+    valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, loss_fn)]
     valid_auc = audit.split_aucs(dmp, valid, bs)
     frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: train_loss[stage]}
     frozen_valid_all = {**(prev["frozen_valid"] if prev else {}), task: valid_loss[stage]}

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from components.train import checkpoint
-from components.train.core import _shared_tmp, loss_functions, prepare
+from components.train.core import _shared_tmp, loss_function, prepare
 from components.train.loop import mean_losses, train_stage
 from components.train.objectives.registry import joint_objective
 from pipelines.config import Config
@@ -19,15 +19,15 @@ from pipelines.config import Config
 def run_joint(cfg: Config, method: str, dataset_dir: str, out_dir: str) -> dict:
     objective = joint_objective(method, len(cfg.tasks))
     _, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed, method)
-    train_fn, mean_fn = loss_functions(cfg)
+    loss_fn = loss_function(cfg)
     meta = {"tasks": cfg.tasks, "method": method, "model_hash": cfg.model_hash(),
             "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=0,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed, best_dir=Path(_shared_tmp(tmp)) / "best",
-                              meta=meta, label=method, loss_fn=train_fn)
-    valid_loss = mean_losses(dmp, valid, cfg.train.batch_size, mean_fn)
+                              meta=meta, label=method, loss_fn=loss_fn)
+    valid_loss = mean_losses(dmp, valid, cfg.train.batch_size, loss_fn)
     meta.update(valid_loss=dict(zip(cfg.tasks, (float(x) for x in valid_loss))), epochs=history["epochs"],
                 final_state=objective.state(), history={"valid": history["valid"]})
     checkpoint.save(out_dir, dmp, meta, plan=plan)

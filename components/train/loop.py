@@ -30,14 +30,14 @@ def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Tensor:
-    """Mean loss per task over a whole split (all ranks together), float64: exact for BCE; for a
-    batch-level loss (pairwise) the row-weighted mean of its batch values."""
+    """Mean loss per task over a whole split (all ranks together), float64: exact per-row for BCE
+    (`task_losses`, the default); for a batch-level loss (pairwise) the row-weighted mean of its batch values."""
     model.eval()
     rank, world = dist.get_rank(), dist.get_world_size()
     total = torch.zeros(cols.labels.shape[1] + 1, dtype=torch.float64)
     for kjt, labels, mask in eval_batches(cols, batch_size, rank, world):
         logits = model(kjt).expand_as(labels)
-        if loss_fn is None:
+        if loss_fn in (None, task_losses):
             per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
             total[:-1] += (per_row * mask[:, None]).sum(0).double()
         else:
@@ -110,7 +110,7 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
             if resumer is not None and resumer.due(step):
                 resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
                                                             "bad": bad, "history": history})
-        val = mean_losses(model, valid, batch_size, None if loss_fn is task_losses else loss_fn)
+        val = mean_losses(model, valid, batch_size, loss_fn)
         history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
         score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints
         if rank == 0:
