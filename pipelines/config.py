@@ -30,7 +30,9 @@ class SyntheticConfig(_Strict):
     latent_dim: int = Field(8, gt=0)
     click_rate: float = Field(0.24, gt=0, lt=1)  # share of rows clicked (Tenrec ctr_data: 24%)
     like_rate: float = Field(0.019, gt=0, lt=1)  # share of rows liked, only on clicks (Tenrec: 1.9%)
-    conflict: float = Field(0.0, ge=-1, le=1)  # correlation of items' like and click factors (see generate/core.py)
+    conflict: float = Field(0.0, ge=-1, le=1)  # correlation of the like and click factors (see generate/core.py)
+    like_scale: float = Field(1.5, gt=0)  # spread of the like logit (how predictable like is)
+    popularity: float = Field(1.0, ge=0)  # Zipf exponent of item popularity
     null_category: float = Field(0.01, ge=0, lt=1)  # share of `\N` video_category
     duplicates: float = Field(0.005, ge=0, lt=1)  # share of rows repeated verbatim
     with_truth: bool = True  # write true_<label> probability columns (-> report.json oracle_auc)

@@ -54,3 +54,20 @@ def test_oracle_auc_matches_sklearn_on_raw_truth(tiny_cfg, tiny_dataset):
     # the test split carries the truth column unchanged (float64)
     f = spec["splits"]["test"]["files"][0]
     assert pq.read_schema(ds / f).field("true_like").type == "double"
+
+
+def test_like_has_its_own_signal(tmp_path):
+    """The planted conflict: like's ranking comes from its own factors; click's probability explains
+    little of it (a model must make room for both), and `conflict` brings the two together."""
+    from components.generate.core import SyntheticSpec, generate
+
+    def aucs(conflict):
+        path = tmp_path / f"c{conflict}.csv"
+        generate(SyntheticSpec(rows=60_000, users=100, items=200, latent_dim=6, seed=3, conflict=conflict), path)
+        _, t = _read(path)
+        return roc_auc_score(t["like"], t["true_like"]), roc_auc_score(t["like"], t["true_click"])
+
+    own, by_click = aucs(0.0)
+    assert own > 0.85 and by_click < 0.70 and own - by_click > 0.2
+    own_c, by_click_c = aucs(0.9)
+    assert by_click_c > by_click + 0.1  # correlated factors: click's probability now ranks likes too

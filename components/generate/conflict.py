@@ -1,8 +1,8 @@
 """Planted task conflict on synthetic data: like-only vs equal-weight click+like training of one
 shared-bottom model; the like AUC each reaches, beside the oracle AUC (true probabilities).
 
-The generator correlates the like factor of an item with its click factor by `--conflict` (0:
-unrelated, < 0: opposed). A shared representation trained on both with equal weights is pulled towards click (12x
+The generator gives like its own user and item factors, correlated with click's by `--conflict` (0:
+unrelated). A shared representation trained on both with equal weights is pulled towards click (12x
 more positives), so like, the higher-priority task, should lose AUC against like-only training.
 Prints a table, then one JSON line {like_auc_like_only, like_auc_joint, like_auc_drop, oracle_auc, ...}.
 """

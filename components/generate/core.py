@@ -1,8 +1,10 @@
 """Synthetic Tenrec `ctr_data_1M`-schema CSV with planted multi-task structure.
 
-Users and items carry latent factors. Click depends on one item factor, like (only on clicked rows) on
-a second factor (correlated with the first by `conflict`), so a shared representation must trade the
-two tasks off: joint training with equal weights measurably costs the higher-priority task (like). The true
+Users and items carry two sets of latent factors: click's and like's (correlated by `conflict`). A row's
+like probability is its own function of the like factors, capped by its click probability (likes only on
+clicks), so click's labels say little about like: a model shared by both tasks must spend its capacity
+(the embedding tables above all) on both, and with equal weights click's 12x more positives win it.
+Joint training then measurably costs the higher-priority task (like). The true
 probabilities of every row go into the CSV as `true_<label>` columns (option `with_truth`), which
 preprocessing carries into the Parquet splits, so evaluation can report an oracle AUC.
 Rows are drawn and written in chunks of `chunk_rows`, so memory stays flat at any row count.
@@ -33,10 +35,11 @@ class SyntheticSpec:
     seed: int = 0
     click_rate: float = 0.24  # share of rows (Tenrec ctr_data: 24%)
     like_rate: float = 0.019  # share of rows, only on clicks (Tenrec: 1.9%)
-    # correlation of an item's like factor with its click factor. 0 = unrelated: like needs room of
-    # its own in a shared representation that click's 12x larger signal crowds out (measured with
-    # `nmtrec bench conflict`: like AUC drop of equal-weight joint training 0.021 at 0, 0.007 at -0.5)
+    # correlation of the like factors with the click factors (users' and items'). 0 = unrelated: like
+    # needs room of its own in a shared representation that click's larger signal crowds out
     conflict: float = 0.0
+    like_scale: float = 1.5  # spread of the like logit: how predictable like is from its factors
+    popularity: float = 1.0  # Zipf exponent of item popularity (share of rows of the item of rank r ~ r^-popularity)
     null_category: float = 0.01  # share of `\N` in video_category
     duplicates: float = 0.005  # share of rows repeated verbatim
     with_truth: bool = True  # write true_<label> probability columns
@@ -53,13 +56,17 @@ class _World:
     def __init__(self, s: SyntheticSpec):
         rng = np.random.default_rng([s.seed, 1])
         d = s.latent_dim
-        self.user = rng.normal(size=(s.users, d)) / np.sqrt(d) * 2.0
-        click_f = rng.normal(size=(s.items, d)) / np.sqrt(d) * 2.0
-        other = rng.normal(size=(s.items, d)) / np.sqrt(d) * 2.0
-        self.item_click = click_f
-        self.item_like = s.conflict * click_f + np.sqrt(1 - s.conflict**2) * other
+        def factors(n):
+            click = rng.normal(size=(n, d)) / np.sqrt(d) * 2.0
+            other = rng.normal(size=(n, d)) / np.sqrt(d) * 2.0
+            return click, s.conflict * click + np.sqrt(1 - s.conflict**2) * other
+
+        self.user, self.user_like = factors(s.users)
+        self.item_click, self.item_like = factors(s.items)
+        self.like_scale = s.like_scale
         self.item_bias = rng.normal(scale=0.5, size=s.items)
-        self.item_pop = rng.zipf(1.6, size=s.items).astype(float)
+        # a long tail, not a handful of items: rng.zipf(1.6) gave its top 10 items 85-97% of all rows
+        self.item_pop = rng.permutation(np.arange(1, s.items + 1) ** -s.popularity)
         self.item_pop /= self.item_pop.sum()
         self.category = (self.item_like[:, 0] > 0).astype(np.int64)
         self.gender = rng.integers(0, 3, size=s.users)
@@ -72,8 +79,14 @@ class _World:
 
     def logits(self, users, items):
         click = (self.user[users] * self.item_click[items]).sum(1) + self.item_bias[items]
-        like = (self.user[users] * self.item_like[items]).sum(1) * 1.5
+        like = (self.user_like[users] * self.item_like[items]).sum(1) * self.like_scale
         return click, like
+
+    def probabilities(self, users, items):
+        """(P(click), P(like)) of each row: like has its own factors, capped by P(click)."""
+        click, like = self.logits(users, items)
+        p_click = _sigmoid(click + self.click_bias)
+        return p_click, np.minimum(_sigmoid(like + self.like_bias), p_click)
 
     def _calibrate(self, s, rng):
         """Choose the two biases so the label rates match the spec (bisection on a sample)."""
@@ -90,7 +103,7 @@ class _World:
 
         cb = solve(lambda b: _sigmoid(click + b).mean(), s.click_rate)
         pc = _sigmoid(click + cb)
-        lb = solve(lambda b: (pc * _sigmoid(like + b)).mean(), s.like_rate)
+        lb = solve(lambda b: np.minimum(_sigmoid(like + b), pc).mean(), s.like_rate)
         return cb, lb
 
 
@@ -126,9 +139,9 @@ def generate(spec: SyntheticSpec, out_csv: str | Path) -> int:
 def _chunk(world: _World, s: SyntheticSpec, rng, n: int):
     users = rng.integers(0, s.users, n)
     items = rng.choice(s.items, n, p=world.item_pop)
-    click_logit, like_logit = world.logits(users, items)
-    p_click = _sigmoid(click_logit + world.click_bias)
-    p_like_given_click = _sigmoid(like_logit + world.like_bias)
+    _, like_logit = world.logits(users, items)
+    p_click, p_like = world.probabilities(users, items)
+    p_like_given_click = p_like / p_click
     p_follow_given_click = _sigmoid(like_logit + world.like_bias - 2.5)
     p_share_given_click = _sigmoid(0.5 * like_logit + world.like_bias - 2.0)
     click = rng.random(n) < p_click
@@ -152,7 +165,7 @@ def _chunk(world: _World, s: SyntheticSpec, rng, n: int):
     for k in range(10):
         cols[f"hist_{k + 1}"] = hist[:, k]
     cols["true_click"] = p_click
-    cols["true_like"] = p_click * p_like_given_click
+    cols["true_like"] = p_like
     cols["true_follow"] = p_click * p_follow_given_click
     cols["true_share"] = p_click * p_share_given_click
     return pa.table({c: pa.array(v[idx]) for c, v in cols.items()})
