@@ -82,9 +82,8 @@ class _World:
         like = (self.user_like[users] * self.item_like[items]).sum(1) * self.like_scale
         return click, like
 
-    def probabilities(self, users, items):
-        """(P(click), P(like)) of each row: like has its own factors, capped by P(click)."""
-        click, like = self.logits(users, items)
+    def probabilities(self, click, like):
+        """(P(click), P(like)) from the logits: like has its own factors, capped by P(click)."""
         p_click = _sigmoid(click + self.click_bias)
         return p_click, np.minimum(_sigmoid(like + self.like_bias), p_click)
 
@@ -139,8 +138,8 @@ def generate(spec: SyntheticSpec, out_csv: str | Path) -> int:
 def _chunk(world: _World, s: SyntheticSpec, rng, n: int):
     users = rng.integers(0, s.users, n)
     items = rng.choice(s.items, n, p=world.item_pop)
-    _, like_logit = world.logits(users, items)
-    p_click, p_like = world.probabilities(users, items)
+    click_logit, like_logit = world.logits(users, items)
+    p_click, p_like = world.probabilities(click_logit, like_logit)
     p_like_given_click = p_like / p_click
     p_follow_given_click = _sigmoid(like_logit + world.like_bias - 2.5)
     p_share_given_click = _sigmoid(0.5 * like_logit + world.like_bias - 2.0)
