@@ -136,6 +136,9 @@ class NMTConfig(_Strict):
     relative_tolerance: float = Field(0.0, ge=0)
     # multiplier update: "pi" (nuPI on the relative violation, no τ to search) or "gradient" (λ += τ g)
     multiplier: Literal["pi", "gradient"] = "pi"
+    # the data the multipliers measure the constraints on: "valid" (held-out batches against the frozen
+    # validation loss; default) or "train" (the training batches against the frozen training loss, as the paper)
+    constraint_data: Literal["valid", "train"] = "valid"
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
 
 

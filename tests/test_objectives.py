@@ -40,18 +40,41 @@ def test_gradient_of_rescaled_loss():
 
 
 def test_pi_update_matches_hand_computed_nupi_steps():
-    # nuPI (Kp=4, Ki=1, lr=1, cooper's SGD init) on the relative violation g/f*: the first step is
-    # plain ascent (lambda += Ki * e0) and leaves the error memory xi at 0; every later step adds
-    # Ki * e_t + Kp * (e_t - xi), then xi = e_t.
-    obj = NMTStage(1, {0: 0.5}, lambda_init=0.0, ema=0.0, update="pi")
+    # nuPI (Kp=1, Ki=1, lr = RATE / steps_per_epoch = 2 / 2 = 1, cooper's SGD init) on the relative
+    # violation g/f*: the first step is plain ascent (lambda += lr * Ki * e0) and leaves the error
+    # memory xi at 0; every later step adds lr * (Ki * e_t + Kp * (e_t - xi)), then xi = e_t.
+    obj = NMTStage(1, {0: 0.5}, lambda_init=0.0, ema=0.0, update="pi", steps_per_epoch=2)
     obj.after_step(torch.tensor([0.55, 0.9]))  # e0 = 0.05 / 0.5 = 0.1
     assert obj.state()["lambda"][0] == pytest.approx(0.1)
-    obj.after_step(torch.tensor([0.6, 0.9]))  # e1 = 0.2: 0.1 + 1*0.2 + 4*(0.2-0)
-    assert obj.state()["lambda"][0] == pytest.approx(1.1)
-    obj.after_step(torch.tensor([0.5, 0.9]))  # e2 = 0: 1.1 + 0 + 4*(0-0.2)
+    obj.after_step(torch.tensor([0.6, 0.9]))  # e1 = 0.2: 0.1 + 0.2 + 1*(0.2-0)
+    assert obj.state()["lambda"][0] == pytest.approx(0.5)
+    obj.after_step(torch.tensor([0.5, 0.9]))  # e2 = 0: 0.5 + 0 + 1*(0-0.2)
     assert obj.state()["lambda"][0] == pytest.approx(0.3)
-    obj.after_step(torch.tensor([0.2, 0.9]))  # e3 = -0.6: 0.3 - 0.6 + 4*(-0.6) < 0 -> projected to 0
+    obj.after_step(torch.tensor([0.2, 0.9]))  # e3 = -0.6: 0.3 - 0.6 + 1*(-0.6) < 0 -> projected to 0
     assert obj.state()["lambda"][0] == 0.0
+
+
+def test_pi_step_is_set_per_epoch():
+    # the same sustained violation over one epoch moves lambda by RATE * e whatever the number of
+    # batches in an epoch, plus one proportional kick lr * Kp * e (second step: e - xi = e - 0)
+    for steps in (4, 40):
+        obj = NMTStage(1, {0: 0.5}, lambda_init=1.0, ema=0.0, update="pi", steps_per_epoch=steps)
+        for _ in range(steps):
+            obj.after_step(torch.tensor([0.55, 0.9]))  # e = 0.1 every step
+        assert obj.state()["lambda"][0] == pytest.approx(1.0 + 2.0 * 0.1 + 2.0 / steps * 0.1)
+
+
+def test_held_out_constraint_follows_the_validation_losses():
+    # frozen validation loss 0.5, tolerance 0.05: the training batch (0.9 on task 0) would say
+    # "violated", the held-out batch (0.52) says "satisfied by 0.03" -- the multiplier follows the latter
+    obj = NMTStage(1, {0: 0.5}, lambda_init=0.1, tau=1.0, tolerance=0.05, ema=0.0, held_out=True)
+    assert obj.needs_held_out_losses
+    obj.after_step(torch.tensor([0.9, 0.9]), held_out=torch.tensor([0.52, 0.7]))
+    assert obj.state()["lambda"][0] == pytest.approx(0.1 - 0.03)
+    on_train = NMTStage(1, {0: 0.5}, lambda_init=0.1, tau=1.0, tolerance=0.05, ema=0.0)
+    assert not on_train.needs_held_out_losses
+    on_train.after_step(torch.tensor([0.9, 0.9]), held_out=torch.tensor([0.52, 0.7]))
+    assert on_train.state()["lambda"][0] == pytest.approx(0.1 + 0.35)
 
 
 def test_constraint_is_smoothed_before_the_multiplier_step():

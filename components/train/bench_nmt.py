@@ -1,10 +1,15 @@
-"""No tuning: the default multiplier update (`pi`) against the paper's 3x3 (eta, tau) grid.
+"""No tuning: the default multiplier update (`pi` on held-out constraints) against the paper's 3x3
+(eta, tau) grid of plain gradient ascent on training-loss constraints.
 
-Stage 1 is trained once; stage 2 is trained with the default update at the config's learning rate
-and with the plain gradient ascent for every (eta, tau) of the grid, eta = the dense learning rate
-at 1/3, 1 and 3 times the config's (the paper tuned eta with tau; the default is given one eta).
-The grid's best point is chosen as the paper would, on validation data: the highest secondary
-validation AUC among points that pass the constraint audit. Passes when the default is within 0.002 test AUC of that point on every task.
+Stage 1 is trained once; stage 2 is trained with the default at the config's learning rate and with
+the paper's ascent for every (eta, tau) of the grid, eta = the dense learning rate at 1/3, 1 and 3 times
+the config's (the paper tuned eta with tau; the default is given one eta). Every stage 2 runs with
+several seeds (its head initialisation and batch order): on the demo data one stage 2 moves the
+primary test AUC by about +-0.004 from seed to seed, more than the 0.002 margin, so single runs cannot
+tell methods apart. The grid's best point is chosen as the paper would, on validation data: the
+highest mean secondary validation AUC among points whose audits all pass. Passes when the default's
+mean test AUC is within 0.002 of that point's on every task. `pi on train` (the default update on the
+paper's training-loss constraints) is reported beside them, outside the pass/fail.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from pipelines.config import Config, load_config
 
@@ -24,7 +31,8 @@ MARGIN = 0.002
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml", help="two or more tasks; the first two are used")
     p.add_argument("--output", default="runs/bench-nmt", help="directory for bench_nmt.json")
-    p.add_argument("--quick", action="store_true", help="grid of 2x2 instead of 3x3 (smoke runs)")
+    p.add_argument("--seeds", type=int, default=3, help="stage-2 seeds per update (mean and spread reported)")
+    p.add_argument("--quick", action="store_true", help="grid of 2x2 and one seed (smoke runs)")
 
 
 def build_dataset(cfg: Config, root: Path) -> str:
@@ -41,17 +49,24 @@ def build_dataset(cfg: Config, root: Path) -> str:
     return str(root / "dataset")
 
 
-def stage2(cfg: Config, dataset: str, first: str, out: str) -> dict:
+def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) -> dict:
+    """Stage 2 once per seed: per-seed results and their means."""
     from components.evaluate.core import evaluate_checkpoint
     from components.train.core import run_stage
 
-    start = time.time()
-    meta = run_stage(cfg, 1, dataset, out, first)
-    test, _ = evaluate_checkpoint(out, dataset)
-    s = meta["stages"][-1]
-    return {"test_auc": test["auc"], "valid_auc": s["valid_auc"], "lambda_final": s["lambda_final"],
-            "audit_passed": not any(a["breach"] for a in s["constraint_audit"]), "epochs": s["epochs"],
-            "seconds": time.time() - start}
+    runs = []
+    for seed in seeds:
+        start = time.time()
+        meta = run_stage(_with(cfg, seed=seed), 1, dataset, out, first)
+        test, _ = evaluate_checkpoint(out, dataset)
+        s = meta["stages"][-1]
+        runs.append({"seed": seed, "test_auc": test["auc"], "valid_auc": s["valid_auc"],
+                     "lambda_final": s["lambda_final"], "epochs": s["epochs"], "seconds": time.time() - start,
+                     "audit_passed": not any(a["breach"] for a in s["constraint_audit"])})
+    mean = {k: {t: float(np.mean([r[k][t] for r in runs])) for t in cfg.tasks} for k in ("test_auc", "valid_auc")}
+    return {**mean, "test_auc_sd": {t: float(np.std([r["test_auc"][t] for r in runs])) for t in cfg.tasks},
+            "audit_passed": all(r["audit_passed"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
+            "runs": runs}
 
 
 def _with(cfg: Config, **changes) -> Config:
@@ -73,29 +88,34 @@ def run(args) -> int:
     taus = TAUS[:2] if args.quick else TAUS
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = [cfg.seed + 1000 * i for i in range(1 if args.quick else args.seeds)]
     with tempfile.TemporaryDirectory(prefix="nmtrec-bench-") as tmp:
         tmp = Path(tmp)
         dataset = build_dataset(cfg, tmp)
-        run_stage(cfg, 0, dataset, str(tmp / "s1"))
-        default = stage2(cfg, dataset, str(tmp / "s1"), str(tmp / "pi"))
+        first = str(tmp / "s1")
+        run_stage(cfg, 0, dataset, first)
+        default = stage2(cfg, dataset, first, str(tmp / "pi"), seeds)
+        pi_train = stage2(_with(cfg, nmt={"constraint_data": "train"}), dataset, first, str(tmp / "pt"), seeds)
         grid = {}
         for eta in etas:
             for tau in taus:
-                c = _with(cfg, train={"lr": eta}, nmt={"multiplier": "gradient", "tau": tau})
-                grid[f"eta={eta:g},tau={tau:g}"] = stage2(c, dataset, str(tmp / "s1"), str(tmp / f"g{eta}{tau}"))
+                c = _with(cfg, train={"lr": eta}, nmt={"multiplier": "gradient", "tau": tau, "constraint_data": "train"})
+                grid[f"eta={eta:g},tau={tau:g}"] = stage2(c, dataset, first, str(tmp / f"g{eta}{tau}"), seeds)
     t1, t2 = cfg.tasks
     feasible = {k: v for k, v in grid.items() if v["audit_passed"]} or grid
     best_key = max(feasible, key=lambda k: feasible[k]["valid_auc"][t2])
     best = grid[best_key]
     gaps = {t: default["test_auc"][t] - best["test_auc"][t] for t in cfg.tasks}
     passed = all(g >= -MARGIN for g in gaps.values())
-    result = {"default_pi": default, "grid": grid, "best_grid_point": best_key, "auc_gap_vs_best": gaps,
-              "margin": MARGIN, "passed": passed}
+    result = {"seeds": seeds, "default_pi": default, "pi_on_train": pi_train, "grid": grid, "best_grid_point": best_key,
+              "auc_gap_vs_best": gaps, "margin": MARGIN, "passed": passed}
     (out / "bench_nmt.json").write_text(json.dumps(result, indent=2))
-    print(f"{'update':<24}" + "".join(f"{t + ' AUC':>12}" for t in cfg.tasks) + f"{'audit':>8}{'s':>6}")
-    for name, r in [("pi (default)", default)] + list(grid.items()):
+    print(f"mean test AUC over {len(seeds)} stage-2 seed(s) (+- sd)")
+    print(f"{'update':<26}" + "".join(f"{t + ' AUC':>18}" for t in cfg.tasks) + f"{'audit':>8}{'s':>6}")
+    rows = [("pi (default)", default), ("pi on train (ablation)", pi_train)] + list(grid.items())
+    for name, r in rows:
         mark = " *" if name == best_key else ""
-        print(f"{name + mark:<24}" + "".join(f"{r['test_auc'][t]:>12.4f}" for t in cfg.tasks)
+        print(f"{name + mark:<26}" + "".join(f"{r['test_auc'][t]:>11.4f} +-{r['test_auc_sd'][t]:.4f}" for t in cfg.tasks)
               + f"{'ok' if r['audit_passed'] else 'BREACH':>8}{r['seconds']:>6.0f}")
     print(f"\ndefault - best grid point ({best_key}): " + ", ".join(f"{t} {g:+.4f}" for t, g in gaps.items())
           + f" -> {'PASS' if passed else 'FAIL'} (margin {MARGIN})")

@@ -5,11 +5,18 @@ every higher task at its frozen optimum through the Lagrangian objective. The co
 `tasks` cut to `tasks[:k+1]`, so appending a lower-priority task leaves stages 1..k unchanged
 (their KFP cache keys stay the same).
 
-The frozen optimum f_k(θ*) is the exact mean training loss of task k over one pass at the stage's
-final (best-validation) parameters, in float64: the constraint in later stages compares training-batch
-losses with it, so both sides are measured on the same data. The stage also freezes task k's
-validation loss and AUC; later stages use them for early stopping (components/train/objectives/nmt.py
-`valid_score`) and for the constraint audit (components/train/audit.py).
+The frozen optimum f_k(θ*) is measured at the stage's final (best-validation) parameters, in float64,
+twice: the exact mean training loss of task k over one pass, and its validation loss and AUC. By default
+(`nmt.constraint_data: valid`) later stages constrain the validation loss: their multipliers follow
+held-out batches against the frozen validation loss. Why not the training loss, as the paper does: the
+stage that produced θ* stopped at its best *validation* epoch, so its training loss is biased low (demo:
+0.070 train vs 0.085 validation for like), and the next stage's first steps (a new task head, fresh
+optimizer state) raise the training loss while the validation loss even improves; a training-loss
+constraint then reads a violation that is not there, its multiplier shoots up (λ ≈ 10 on the demo) and
+starves the new task, and once the training loss is back under the bound the validation loss drifts past
+its tolerance. `constraint_data: train` keeps the paper's form. Early stopping (components/train/
+objectives/nmt.py `valid_score`) and the constraint audit (components/train/audit.py) use the frozen
+validation values either way.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from components.train import audit, checkpoint
-from components.train.data import load_split
+from components.train.data import load_split, num_batches
 from components.train.distributed import init_process_group, log_plan, set_threads, shard
 from components.train.loop import mean_losses, task_losses, train_stage
 from components.train.losses import get_loss
@@ -109,7 +116,9 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     frozen_valid = {j: prev["frozen_valid"][t] for j, t in enumerate(higher)} if prev else {}
     tol = tolerances(cfg, prev["frozen_optima"]) if prev else {}
     vtol = tolerances(cfg, prev["frozen_valid"]) if prev else {}
-    objective = stage_objective(method, stage, frozen, cfg.nmt, {j: tol[t] for j, t in enumerate(higher)})
+    bound, bound_tol = (frozen_valid, vtol) if cfg.nmt.constraint_data == "valid" else (frozen, tol)
+    objective = stage_objective(method, stage, bound, cfg.nmt, {j: bound_tol[t] for j, t in enumerate(higher)},
+                                num_batches(train, cfg.train.batch_size))
     if stage:
         objective.frozen_valid = frozen_valid
         objective.valid_tolerance = {j: vtol[t] for j, t in enumerate(higher)}

@@ -71,6 +71,30 @@ def global_losses(losses: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class HeldOutStream:
+    """One validation batch's losses per training step, for objectives whose state follows held-out
+    data (NMT's multipliers). Step s reads batch s of an endless stream of reshuffled passes, so a
+    resumed stage sees the same batches; a validation split smaller than a batch is one batch."""
+
+    def __init__(self, cols: Columns, batch_size: int, seed: int, loss_fn):
+        world = dist.get_world_size()
+        self.batch_size = min(batch_size, cols.rows // world * world)
+        if self.batch_size == 0:
+            raise ValueError(f"validation split has {cols.rows} rows: fewer than the {world} processes")
+        self.cols, self.seed, self.loss_fn = cols, seed, loss_fn
+        self.per_pass = num_batches(cols, self.batch_size)
+
+    @torch.no_grad()
+    def losses(self, model, step: int) -> torch.Tensor:
+        passes, pos = divmod(step, self.per_pass)
+        kjt, labels = next(batches(self.cols, self.batch_size, dist.get_rank(), dist.get_world_size(),
+                                   shuffle_seed=self.seed * 1000 + passes, start=pos))
+        model.eval()
+        out = self.loss_fn(model(kjt), labels)
+        model.train()
+        return global_losses(out)
+
+
 def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
                 max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
                 resumer=None, loss_fn=task_losses) -> dict:
@@ -84,6 +108,7 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
                          f"lower train.batch_size")
     local_batch_size(batch_size, world)
     history = {"step": [], "loss": [], "lambda": [], "valid": []}
+    held_out = HeldOutStream(valid, batch_size, seed, loss_fn) if objective.needs_held_out_losses else None
     best, bad, step, first_epoch, skip = math.inf, 0, 0, 0, 0
     if resumer is not None and (progress := resumer.load(model, dense_opt, objective)) is not None:
         history, best, bad, step = progress["history"], progress["best"], progress["bad"], progress["step"]
@@ -102,7 +127,7 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
             if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
                 with torch.no_grad():
                     post = global_losses(loss_fn(model(kjt), labels))
-            objective.after_step(shared, post)
+            objective.after_step(shared, post, held_out.losses(model, step) if held_out else None)
             step += 1
             history["step"].append(step)
             history["loss"].append([float(x) for x in shared])

@@ -11,12 +11,16 @@ class Objective:
     # True: the training loop measures the same batch's losses again after the parameter step and
     # passes them to after_step as `post_losses` (FAMO needs the loss decrease of the step)
     needs_post_step_losses = False
+    # True: the loop also measures the losses of a held-out (validation) batch after each step and
+    # passes them to after_step as `held_out` (NMT's multipliers follow held-out constraints)
+    needs_held_out_losses = False
 
     def loss(self, task_losses: torch.Tensor) -> torch.Tensor:
         """task_losses: [num_tasks] mean losses of this batch (tasks in priority order)."""
         raise NotImplementedError
 
-    def after_step(self, task_losses: torch.Tensor, post_losses: torch.Tensor | None = None) -> None:
+    def after_step(self, task_losses: torch.Tensor, post_losses: torch.Tensor | None = None,
+                   held_out: torch.Tensor | None = None) -> None:
         """Called with the detached batch losses after the parameter step."""
 
     def valid_score(self, valid_losses: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ class FAMO(Objective):
         c = (z / d).sum().detach()
         return (z * torch.log(d)).sum() / c
 
-    def after_step(self, task_losses, post_losses=None):
+    def after_step(self, task_losses, post_losses=None, held_out=None):
         if post_losses is None:
             raise ValueError("FAMO needs the losses of the same batch after the parameter step")
         delta = torch.log(self._d(task_losses.double().cpu())) - torch.log(self._d(post_losses.double().cpu()))

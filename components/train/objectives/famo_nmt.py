@@ -21,8 +21,8 @@ class FAMONMTStage(NMTStage):
     def task_part(self, task_losses):
         return self.famo.loss(task_losses[:self.task + 1])
 
-    def after_step(self, task_losses, post_losses=None):
-        super().after_step(task_losses)
+    def after_step(self, task_losses, post_losses=None, held_out=None):
+        super().after_step(task_losses, held_out=held_out)
         self.famo.after_step(task_losses[:self.task + 1], post_losses[:self.task + 1])
 
     def state(self):

@@ -6,6 +6,8 @@ step uses L / (1 + sum lambda) -- a convex combination of the task losses, so la
 not blow up the step -- and the multipliers take a projected ascent step (components/train/
 objectives/multipliers.py: `pi` by default, the paper's `gradient` ascent with tau for comparison).
 
+The constraint is measured on validation batches by default (held-out: the loop passes their losses
+as `held_out`; why in components/train/core.py) or on the training batches (`nmt.constraint_data`).
 Noise: one batch's loss is a noisy estimate of f_j, so the multiplier update is driven by g_j, an
 exponential moving average of the batch constraint value (`nmt.ema`), not by the raw batch value;
 a raw per-batch ascent random-walks lambda.
@@ -34,8 +36,13 @@ class SingleTask(Objective):
 class NMTStage(Objective):
     def __init__(self, task: int, frozen: dict[int, float], lambda_init: float, tau: float = 0.05,
                  tolerance: float | dict[int, float] = 0.0, ema: float = 0.9, update: str = "gradient",
-                 frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None):
+                 frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
+                 held_out: bool = False, steps_per_epoch: int = 1):
+        """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data, or
+        with `held_out` on validation data (then the loop passes a validation batch's losses to
+        after_step). frozen_valid/valid_tolerance: the validation bound of the early-stopping score."""
         self.task = task
+        self.needs_held_out_losses = held_out
         self.frozen_valid = frozen_valid or {}
         self.valid_tolerance = valid_tolerance or {j: 0.0 for j in self.frozen_valid}
         self.constrained = sorted(frozen)
@@ -43,7 +50,7 @@ class NMTStage(Objective):
         tol = tolerance if isinstance(tolerance, dict) else {j: tolerance for j in self.constrained}
         self.tolerance = torch.tensor([tol[j] for j in self.constrained], dtype=torch.float64)
         self.update = make_update(update, torch.full((len(self.constrained),), float(lambda_init),
-                                                     dtype=torch.float64), tau)
+                                                     dtype=torch.float64), tau, steps_per_epoch)
         self.lam = self.update.lam
         self.ema = ema
         self.violation = None  # smoothed f_j - f_j* - r_j
@@ -57,8 +64,9 @@ class NMTStage(Objective):
         lam = self.lam.to(task_losses)
         return (self.task_part(task_losses) + (lam * slack).sum()) / (1.0 + lam.sum())
 
-    def after_step(self, task_losses, post_losses=None):
-        g = task_losses[self.constrained].double().cpu() - self.frozen - self.tolerance
+    def after_step(self, task_losses, post_losses=None, held_out=None):
+        measured = held_out if self.needs_held_out_losses else task_losses
+        g = measured[self.constrained].double().cpu() - self.frozen - self.tolerance
         self.violation = g if self.violation is None else self.ema * self.violation + (1 - self.ema) * g
         self.lam = self.update.step(self.violation, self.frozen)
 
