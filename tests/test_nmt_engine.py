@@ -64,6 +64,15 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
     assert m2["frozen_optima"]["click"] == 0.4321
     assert stage["tolerance"]["click"] == pytest.approx(0.01 * 0.4321)
     assert stage["constraint_audit"][0]["frozen_valid_loss"] == 0.6543
+    # the default multipliers follow held-out batches towards the planted frozen *validation* loss, which
+    # the model beats: the constraint is slack and lambda falls from its start of 1 ...
+    held = stage["history"]["held_out"]
+    assert len(held) == len(stage["history"]["step"]) and all(len(row) == 2 for row in held)
+    assert max(row[0] for row in held) < 0.6543 and stage["lambda_final"]["click"] < 1.0
+    # ... while the paper's form compares training batches with the planted (too low) training optimum
+    on_train = cfg1.model_copy(update={"nmt": cfg1.nmt.model_copy(update={"constraint_data": "train"})})
+    m3 = run_stage(on_train, 1, data, str(tmp_path / "s2t"), str(tmp_path / "s1"))
+    assert "held_out" not in m3["stages"][-1]["history"] and m3["stages"][-1]["lambda_final"]["click"] > 1.0
 
 
 def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):

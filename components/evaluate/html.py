@@ -1,7 +1,8 @@
 """HTML report with embedded PNG plots (one self-contained file):
 
-- per constrained NMT stage: each task's training loss and the multipliers lambda over the stage's
-  steps (the paper's Fig. 3);
+- per constrained NMT stage: each task's training loss, the held-out loss the multipliers follow
+  (against the frozen validation value) and the multipliers lambda over the stage's steps (the
+  paper's Fig. 3);
 - primary-vs-secondary test AUC: the static weight grid as a line, NMT as a star, the other methods
   as points (the paper's Fig. 2);
 - a table of every method's AUC / logloss / gAUC, and the constraint audit of every stage.
@@ -33,11 +34,14 @@ def _smooth(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def stage_curves(stage: dict, tasks: list[str]) -> str:
-    """Training loss of every task and lambda of every constraint over one stage's steps."""
+    """Training loss of every task, the held-out loss of every constrained task against its frozen
+    validation value (when the multipliers followed held-out batches) and lambda over one stage's steps."""
     hist = stage["history"]
     loss = np.asarray(hist["loss"], dtype=float)
     window = max(1, len(loss) // 50)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    held = np.asarray(hist.get("held_out", []), dtype=float)
+    fig, axes = plt.subplots(1, 3 if len(held) else 2, figsize=(15 if len(held) else 10, 3.2))
+    a, b = axes[0], axes[-1]
     for i, t in enumerate(tasks[:loss.shape[1]]):
         a.plot(_smooth(loss[:, i], window), label=t)
     a.set(title=f"stage {tasks.index(stage['task']) + 1} ({stage['task']}): batch loss (moving mean)",
@@ -46,6 +50,14 @@ def stage_curves(stage: dict, tasks: list[str]) -> str:
     for t, v in stage.get("frozen_optima", {}).items():
         if t != stage["task"]:
             a.axhline(v, ls=":", color="gray")
+    if len(held):
+        c = axes[1]
+        for row in stage.get("constraint_audit", []):
+            i = tasks.index(row["task"])
+            line, = c.plot(_smooth(held[:, i], 4 * window), label=f"{row['task']} (held-out)")
+            c.axhline(row["frozen_valid_loss"], ls=":", color=line.get_color())
+        c.set(title="constrained tasks: held-out loss vs frozen (dotted)", xlabel="step")
+        c.legend()
     lam = hist["lambda"]
     for key in (lam[0] if lam else {}):
         b.plot([row[key] for row in lam], label=f"λ {tasks[int(key)]}")

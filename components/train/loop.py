@@ -127,11 +127,14 @@ def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, 
             if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
                 with torch.no_grad():
                     post = global_losses(loss_fn(model(kjt), labels))
-            objective.after_step(shared, post, held_out.losses(model, step) if held_out else None)
+            checked = held_out.losses(model, step) if held_out else None
+            objective.after_step(shared, post, checked)
             step += 1
             history["step"].append(step)
             history["loss"].append([float(x) for x in shared])
             history["lambda"].append(objective.state().get("lambda", {}))
+            if checked is not None:
+                history.setdefault("held_out", []).append([float(x) for x in checked])
             if resumer is not None and resumer.due(step):
                 resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
                                                             "bad": bad, "history": history})
