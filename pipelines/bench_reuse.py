@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.config import Config, ConfigError, load_config
+from pipelines.config import ConfigError, load_config
 
 LABELS = ["click", "like", "follow", "share"]
 
@@ -35,8 +35,8 @@ def run(args) -> int:
     if new is None or new in cfg.tasks:
         raise ConfigError(f"--add-task: need a task not in {cfg.tasks}")
     # the NMT chain alone: baselines (a weight grid has one weight per task) do not carry over to k+1 tasks
-    cfg = Config.model_validate({**cfg.model_dump(), "methods": ["nmt"]})
-    more = Config.model_validate({**cfg.model_dump(), "tasks": [*cfg.tasks, new]})
+    cfg = cfg.updated(methods=["nmt"])
+    more = cfg.updated(tasks=[*cfg.tasks, new])
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)  # a fresh cache: the first run trains everything
 

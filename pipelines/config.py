@@ -181,6 +181,14 @@ class Config(_Strict):
     def from_json(cls, text: str) -> "Config":
         return cls.model_validate_json(text)
 
+    def updated(self, **changes) -> "Config":
+        """A copy with top-level keys replaced (a dict is merged into its section), validated again
+        (model_copy would skip validation, e.g. a weight grid no longer matching the task count)."""
+        d = self.model_dump()
+        for k, v in changes.items():
+            d[k] = {**d[k], **v} if isinstance(v, dict) else v
+        return Config.model_validate(d)
+
     def model_hash(self) -> str:
         """Identity of what a checkpoint depends on: features and model (not data sizes or lr)."""
         key = {"features": self.features.model_dump(), "model": self.model.model_dump()}

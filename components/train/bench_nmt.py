@@ -57,7 +57,7 @@ def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) ->
     runs = []
     for seed in seeds:
         start = time.time()
-        meta = run_stage(_with(cfg, seed=seed), 1, dataset, out, first)
+        meta = run_stage(cfg.updated(seed=seed), 1, dataset, out, first)
         test, _ = evaluate_checkpoint(out, dataset)
         s = meta["stages"][-1]
         runs.append({"seed": seed, "test_auc": test["auc"], "valid_auc": s["valid_auc"],
@@ -69,21 +69,13 @@ def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) ->
             "runs": runs}
 
 
-def _with(cfg: Config, **changes) -> Config:
-    """cfg with top-level keys replaced (or, for a dict, merged into a section), validated again."""
-    d = cfg.model_dump()
-    for k, v in changes.items():
-        d[k] = {**d[k], **v} if isinstance(v, dict) else v
-    return Config.model_validate(d)
-
-
 def run(args) -> int:
     from components.logs import setup_logging
     from components.train.core import run_stage
 
     setup_logging()
     cfg = load_config(args.config)
-    cfg = _with(cfg, tasks=cfg.tasks[:2], methods=["nmt"])
+    cfg = cfg.updated(tasks=cfg.tasks[:2], methods=["nmt"])
     etas = [f * cfg.train.lr for f in (ETA_FACTORS[:2] if args.quick else ETA_FACTORS)]
     taus = TAUS[:2] if args.quick else TAUS
     out = Path(args.output)
@@ -95,11 +87,11 @@ def run(args) -> int:
         first = str(tmp / "s1")
         run_stage(cfg, 0, dataset, first)
         default = stage2(cfg, dataset, first, str(tmp / "pi"), seeds)
-        pi_train = stage2(_with(cfg, nmt={"constraint_data": "train"}), dataset, first, str(tmp / "pt"), seeds)
+        pi_train = stage2(cfg.updated(nmt={"constraint_data": "train"}), dataset, first, str(tmp / "pt"), seeds)
         grid = {}
         for eta in etas:
             for tau in taus:
-                c = _with(cfg, train={"lr": eta}, nmt={"multiplier": "gradient", "tau": tau, "constraint_data": "train"})
+                c = cfg.updated(train={"lr": eta}, nmt={"multiplier": "gradient", "tau": tau, "constraint_data": "train"})
                 grid[f"eta={eta:g},tau={tau:g}"] = stage2(c, dataset, first, str(tmp / f"g{eta}{tau}"), seeds)
     t1, t2 = cfg.tasks
     feasible = {k: v for k, v in grid.items() if v["audit_passed"]} or grid

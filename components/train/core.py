@@ -119,15 +119,13 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     frozen_valid = {j: prev["frozen_valid"][t] for j, t in enumerate(higher)} if prev else {}
     tol = tolerances(cfg, prev["frozen_optima"]) if prev else {}
     vtol = tolerances(cfg, prev["frozen_valid"]) if prev else {}
+    valid_tol = {j: vtol[t] for j, t in enumerate(higher)}
     if cfg.nmt.constraint_data == "valid":  # aim at the frozen value; r_j is the noise allowance of the audit
-        bound, bound_tol = frozen_valid, {t: 0.0 for t in higher}
+        bound, bound_tol = frozen_valid, {j: 0.0 for j in frozen_valid}
     else:  # the paper's f_j <= f_j* + r_j on training batches
-        bound, bound_tol = frozen, tol
-    objective = stage_objective(method, stage, bound, cfg.nmt, {j: bound_tol[t] for j, t in enumerate(higher)},
+        bound, bound_tol = frozen, {j: tol[t] for j, t in enumerate(higher)}
+    objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
                                 num_batches(train, cfg.train.batch_size))
-    if stage:
-        objective.frozen_valid = frozen_valid
-        objective.valid_tolerance = {j: vtol[t] for j, t in enumerate(higher)}
     loss_fn = loss_function(cfg)
     meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "method": method if stage else "nmt",
             "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}

@@ -83,12 +83,16 @@ class HeldOutStream:
             raise ValueError(f"validation split has {cols.rows} rows: fewer than the {world} processes")
         self.cols, self.seed, self.loss_fn = cols, seed, loss_fn
         self.per_pass = num_batches(cols, self.batch_size)
+        self._stream, self._next = None, None  # the open pass and the step it yields next
 
     @torch.no_grad()
     def losses(self, model, step: int) -> torch.Tensor:
         passes, pos = divmod(step, self.per_pass)
-        kjt, labels = next(batches(self.cols, self.batch_size, dist.get_rank(), dist.get_world_size(),
-                                   shuffle_seed=self.seed * 1000 + passes, start=pos))
+        if self._next != step or pos == 0:  # a new pass or a jump (resume): shuffle once per pass, not per step
+            self._stream = batches(self.cols, self.batch_size, dist.get_rank(), dist.get_world_size(),
+                                   shuffle_seed=self.seed * 1000 + passes, start=pos)
+        kjt, labels = next(self._stream)
+        self._next = step + 1
         model.eval()
         out = self.loss_fn(model(kjt), labels)
         model.train()

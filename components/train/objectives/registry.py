@@ -19,13 +19,14 @@ def joint_objective(name: str, num_tasks: int):
     raise ValueError(f"{name!r} is not a joint-training method")
 
 
-def stage_objective(method: str, stage: int, frozen: dict[int, float], nmt_cfg, tolerance: dict[int, float],
-                    steps_per_epoch: int = 1):
+def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], tolerance: dict[int, float],
+                    frozen_valid: dict[int, float], valid_tolerance: dict[int, float], steps_per_epoch: int = 1):
+    """frozen/tolerance: what the multipliers aim at; frozen_valid/valid_tolerance: the early-stopping bound."""
     if stage == 0:
         return SingleTask(0)
     kw = dict(lambda_init=nmt_cfg.lambda_init, tau=nmt_cfg.tau, tolerance=tolerance, ema=nmt_cfg.ema,
-              update=nmt_cfg.multiplier, held_out=nmt_cfg.constraint_data == "valid",
-              steps_per_epoch=steps_per_epoch)
+              update=nmt_cfg.multiplier, frozen_valid=frozen_valid, valid_tolerance=valid_tolerance,
+              held_out=nmt_cfg.constraint_data == "valid", steps_per_epoch=steps_per_epoch)
     if method == "famo+nmt":
         return FAMONMTStage(stage, frozen, **kw)
     return NMTStage(stage, frozen, **kw)
