@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.base import ExpertBank, Gate, MultiTaskModel, mix
+from nmtrec.models.base import ExpertBank, Gate, MultiTaskModel, mix
 
 
 class MMoE(MultiTaskModel):

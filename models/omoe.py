@@ -2,7 +2,7 @@
 shared by every task; the mixture feeds each task's tower."""
 from __future__ import annotations
 
-from models.base import ExpertBank, Gate, MultiTaskModel, mix
+from nmtrec.models.base import ExpertBank, Gate, MultiTaskModel, mix
 
 
 class OMoE(MultiTaskModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import ExpertBank, Gate, MultiTaskModel, mix
+from nmtrec.models.base import ExpertBank, Gate, MultiTaskModel, mix
 
 
 class _Level(nn.Module):

@@ -1,11 +1,11 @@
 """Build a model from the config's `model` section and a feature spec (architectures by name)."""
 from __future__ import annotations
 
-from models.mmoe import MMoE
-from models.omoe import OMoE
-from models.ple import PLE
-from models.shared_bottom import SharedBottom
-from models.sparse import build_ebc, check_spec, feature_names
+from nmtrec.models.mmoe import MMoE
+from nmtrec.models.omoe import OMoE
+from nmtrec.models.ple import PLE
+from nmtrec.models.shared_bottom import SharedBottom
+from nmtrec.models.sparse import build_ebc, check_spec, feature_names
 
 ARCHITECTURES = {"shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "ple": PLE}
 

@@ -1,7 +1,7 @@
 """Shared-Bottom (Caruana 1997): one shared MLP, a tower per task on top of it."""
 from __future__ import annotations
 
-from models.base import MultiTaskModel, mlp
+from nmtrec.models.base import MultiTaskModel, mlp
 
 
 class SharedBottom(MultiTaskModel):

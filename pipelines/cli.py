@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import json
 import sys
+from pathlib import Path
 
-from components.preprocess.read import PreprocessError
-from pipelines.config import ConfigError, load_config
-from pipelines.submit import SubmitError
-from pipelines.trainjob import TrainJobError
+from nmtrec.components.preprocess.read import PreprocessError
+from nmtrec.components.common.config import ConfigError, load_config
+from nmtrec.pipelines.submit import SubmitError
+from nmtrec.components.train.trainjob import TrainJobError
 
 
 def _start(cfg, args):
@@ -17,14 +20,14 @@ def _start(cfg, args):
         if getattr(args, "from_stage", None) is not None or getattr(args, "first_stage", None):
             raise ConfigError("--from-stage and --first-stage need --from-checkpoint")
         return None
-    from pipelines.reuse import resolve_start
+    from nmtrec.pipelines.reuse import resolve_start
 
     return resolve_start(cfg, args.from_checkpoint, args.from_stage, args.first_stage)
 
 
 def _run(args) -> int:
-    from components.evaluate.core import summary_table
-    from pipelines.local import run_local
+    from nmtrec.components.evaluate.scoring import summary_table
+    from nmtrec.pipelines.local import run_local
 
     cfg = load_config(args.config)
     run = run_local(cfg, args.output, cache=not args.no_cache, start=_start(cfg, args))
@@ -38,7 +41,7 @@ def _run(args) -> int:
 
 
 def _compile(args) -> int:
-    from pipelines.submit import compile_package
+    from nmtrec.pipelines.submit import compile_package
 
     cfg = load_config(args.config)
     out = compile_package(cfg, args.output, args.image, _start(cfg, args))
@@ -47,7 +50,7 @@ def _compile(args) -> int:
 
 
 def _submit(args) -> int:
-    from pipelines.submit import submit
+    from nmtrec.pipelines.submit import submit
 
     cfg = load_config(args.config)
     result = submit(cfg, args.host, experiment=args.experiment, namespace=args.namespace, cache=not args.no_cache,
@@ -66,8 +69,8 @@ def _add_start_args(p) -> None:
 
 
 def _preprocess(args) -> int:
-    from components.preprocess.core import run_preprocess
-    from components.preprocess.run import spec_from_config
+    from nmtrec.components.preprocess.beam_pipeline import run_preprocess
+    from nmtrec.components.preprocess.from_config import spec_from_config
 
     cfg = load_config(args.config)
     source = args.input or cfg.data.path
@@ -81,7 +84,7 @@ def _preprocess(args) -> int:
 
 
 def _generate(args) -> int:
-    from components.generate.core import SyntheticSpec, generate
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     cfg = load_config(args.config)
     rows = generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), args.output)
@@ -89,16 +92,41 @@ def _generate(args) -> int:
     return 0
 
 
-# `nmtrec bench NAME`: module path of each benchmark; a module has add_arguments(parser) and run(args) -> int
-BENCHMARKS: dict[str, str] = {"preprocess": "components.preprocess.bench", "conflict": "components.generate.conflict",
-                              "train": "components.train.bench", "nmt": "components.train.bench_nmt",
-                              "stage-reuse": "pipelines.bench_reuse"}
+def _benchmarks_home() -> Path:
+    """The checkout that holds benchmarks/ (not installed: the working directory or, for an editable
+    install, the source tree)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "benchmarks" / "__init__.py").is_file():
+            return base
+    raise ConfigError("benchmarks are not installed with nmtrec: run `nmtrec bench` from a checkout of the repository")
+
+
+def _benchmark_names() -> dict[str, str]:
+    """`nmtrec bench NAME` -> the first line of benchmarks/<name>.py's docstring (read, not imported)."""
+    try:
+        home = _benchmarks_home()
+    except ConfigError:
+        return {}
+    out = {}
+    for f in sorted((home / "benchmarks").glob("[!_]*.py")):
+        doc = ast.get_docstring(ast.parse(f.read_text())) or ""
+        out[f.stem.replace("_", "-")] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out
 
 
 def _bench(args) -> int:
-    import importlib
-
-    return importlib.import_module(BENCHMARKS[args.bench]).run(args)
+    """Import only the benchmark asked for; it parses its own arguments (add_arguments, run)."""
+    home = str(_benchmarks_home())
+    if home not in sys.path:
+        sys.path.insert(0, home)
+    names = _benchmark_names()
+    if args.name not in names:
+        raise ConfigError(f"unknown benchmark {args.name!r}; expected one of {', '.join(names)}")
+    mod = importlib.import_module("benchmarks." + args.name.replace("-", "_"))
+    parser = argparse.ArgumentParser(prog=f"nmtrec bench {args.name}", description=mod.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mod.add_arguments(parser)
+    return mod.run(parser.parse_args(args.args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,15 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", required=True)
     g.add_argument("--output", required=True, help="CSV file to write")
     g.set_defaults(func=_generate)
-    if BENCHMARKS:
-        import importlib
-
-        b = sub.add_parser("bench", help="benchmarks (ratios against a reference measured in the same run)")
-        bsub = b.add_subparsers(dest="bench", required=True)
-        for name, module in BENCHMARKS.items():
-            mod = importlib.import_module(module)
-            mod.add_arguments(bsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
-        b.set_defaults(func=_bench)
+    names = _benchmark_names()
+    b = sub.add_parser("bench", help="benchmarks (ratios against a reference measured in the same run; from a checkout)",
+                       description="\n".join(f"  {n:12s} {d}" for n, d in names.items()) or "no benchmarks/ here",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("name", help="benchmark to run: " + ", ".join(names))
+    b.add_argument("args", nargs=argparse.REMAINDER, help="its own options (nmtrec bench NAME --help)")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from kfp import local
 
-from pipelines.config import Config
-from pipelines.factory import build_pipeline
+from nmtrec.components.common.config import Config
+from nmtrec.pipelines.pipeline import build_pipeline
 
 CACHE_DIR = ".kfp-cache"
 _CACHE_HIT = re.compile(r"Task (\S+) cache hit")

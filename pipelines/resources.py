@@ -9,7 +9,7 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import pipeline_context
 
-from pipelines.cluster_config import ClusterConfig
+from nmtrec.components.common.cluster import ClusterConfig
 
 SHM_VOLUME = "dshm"
 

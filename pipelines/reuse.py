@@ -17,17 +17,17 @@ from pathlib import Path
 from kfp import dsl
 from kfp.dsl import pipeline_context
 
-from pipelines.config import Config, ConfigError
+from nmtrec.components.common.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_ENV = "NMTREC_CODE_DIGEST"
-_COMMON = ["pipelines/config.py", "pipelines/cluster_config.py", "components/logs.py"]
+_COMMON = ["components/common/config.py", "components/common/cluster.py", "components/common/logs.py"]
 # the sources each step kind imports (unknown kinds: all of components/ and models/)
 _CODE = {
     "generate": ["components/generate"],
     "preprocess": ["components/preprocess"],
     "train": ["components/train", "models"],
-    "trainjob": ["components/train", "models", "pipelines/trainjob.py"],
+    "trainjob": ["components/train", "models", "components/train/trainjob.py"],
     "evaluate": ["components/evaluate", "components/train", "models"],
 }
 
@@ -44,7 +44,7 @@ def code_digest(kind: str) -> str:
 
 def key_by_code() -> None:
     """Put each task's source digest into its environment: kfp.local's cache key covers env vars."""
-    from pipelines.resources import step_kind
+    from nmtrec.pipelines.resources import step_kind
 
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         if task.container_spec is not None:
@@ -80,8 +80,8 @@ def _resolve_one(cfg: Config, uri: str, stages_done: int | None, flag: str) -> S
     runs); a remote one needs its stage number and is checked by the stage that loads it."""
     local = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" not in local:
-        from components.train.checkpoint import CheckpointError, read_meta
-        from components.train.core import check_previous
+        from nmtrec.components.train.checkpoint import CheckpointError, read_meta
+        from nmtrec.components.train.stage import check_previous
 
         path = Path(local).resolve()
         try:

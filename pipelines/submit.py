@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipelines.config import Config, ConfigError
+from nmtrec.components.common.config import Config, ConfigError
 
 
 class SubmitError(RuntimeError):
@@ -14,7 +14,7 @@ class SubmitError(RuntimeError):
 def compile_package(cfg: Config, path: str | Path, image: str | None = None, start=None) -> Path:
     from kfp import compiler
 
-    from pipelines.factory import build_pipeline
+    from nmtrec.pipelines.pipeline import build_pipeline
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Config
+from nmtrec.components.common.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,9 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_cfg):
     """Synthetic CSV -> Beam preprocess, once per test session."""
-    from components.generate.core import SyntheticSpec, generate
-    from components.preprocess.run import preprocess_from_config
-    from pipelines.factory import data_config_json
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
+    from nmtrec.components.preprocess.from_config import preprocess_from_config
+    from nmtrec.pipelines.pipeline import data_config_json
 
     root = tmp_path_factory.mktemp("tiny")
     generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv")

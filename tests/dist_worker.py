@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from components.train import checkpoint
-from components.train.data import eval_batches, load_split
-from components.train.distributed import init_process_group, shard
-from models.registry import build_model
-from pipelines.config import Config
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.data import eval_batches, load_split
+from nmtrec.components.train.distributed import init_process_group, shard
+from nmtrec.models.registry import build_model
+from nmtrec.components.common.config import Config
 
 
 @torch.no_grad()

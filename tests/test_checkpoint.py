@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.train import checkpoint
-from components.train.core import run_stage
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.stage import run_stage
 from conftest import tiny_config
 
 
@@ -72,7 +72,7 @@ def test_checkpoint_of_other_model_config_names_the_difference(stage1, tiny_data
 
 
 def test_feature_spec_mismatch_is_named(tiny_dataset, tmp_path):
-    from models.sparse import FeatureSpecMismatch
+    from nmtrec.models.sparse import FeatureSpecMismatch
 
     cfg = tiny_config(features={"sparse": ["user_id", "item_id"]})
     with pytest.raises(FeatureSpecMismatch, match=r"features.sparse is \['user_id', 'item_id'\]"):
@@ -81,7 +81,7 @@ def test_feature_spec_mismatch_is_named(tiny_dataset, tmp_path):
 
 
 def test_nan_loss_names_stage_and_step(tiny_dataset, tmp_path):
-    from components.train.loop import NonFiniteLoss
+    from nmtrec.components.train.epochs import NonFiniteLoss
 
     cfg = tiny_config(train={"lr": 1e30, "embedding_lr": 1e30, "max_epochs": 2, "threads": 1})
     with pytest.raises(NonFiniteLoss, match=r"stage 1 \(like\): at epoch \d, step \d+: loss is (nan|inf)"):
@@ -92,7 +92,7 @@ def test_nan_loss_names_stage_and_step(tiny_dataset, tmp_path):
 def launch(cfg, data: str, out: Path, tmp: Path) -> subprocess.Popen:
     f = tmp / "cfg.json"
     f.write_text(cfg.to_json())
-    return subprocess.Popen([sys.executable, "-m", "components.train.launch", f"@{f}", "0", data, str(out)],
+    return subprocess.Popen([sys.executable, "-m", "nmtrec.components.train.launch", f"@{f}", "0", data, str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -139,9 +139,9 @@ def test_kill_9_mid_stage_resumes_to_the_uninterrupted_result(tiny_dataset, tmp_
 def test_next_stage_keeps_saved_experts_and_adds_new_task_parts(tmp_path):
     """PLE: the stage adding a task loads the saved experts as the leading rows of its grown expert
     banks; the new task's experts, gate and tower keep their fresh initialisation."""
-    from components.train.distributed import init_process_group, shard
-    from models.registry import build_model
-    from pipelines.config import ModelConfig, TrainConfig
+    from nmtrec.components.train.distributed import init_process_group, shard
+    from nmtrec.models.registry import build_model
+    from nmtrec.components.common.config import ModelConfig, TrainConfig
     from test_models import SPEC
 
     device = init_process_group()
@@ -172,7 +172,7 @@ def test_next_stage_keeps_saved_experts_and_adds_new_task_parts(tmp_path):
 def test_compiled_train_steps_carry_the_retry_policy(tmp_path):
     import yaml
 
-    from pipelines.cli import main
+    from nmtrec.pipelines.cli import main
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"tasks": ["like", "click"], "name": "retry",

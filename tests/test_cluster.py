@@ -3,7 +3,7 @@ retries, pipeline root) and bad values fail with the key named."""
 import pytest
 import yaml
 
-from pipelines.cli import main
+from nmtrec.pipelines.cli import main
 
 GPU_CLUSTER = {
     "image": "reg.example.com/nmtrec-cpu:1", "gpu_image": "reg.example.com/nmtrec-gpu:1",

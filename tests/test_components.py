@@ -6,7 +6,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from components.train import checkpoint
+from nmtrec.components.train import checkpoint
 
 
 def test_preprocess_counts_and_vocab_match_reference(tiny_dataset):
@@ -28,8 +28,8 @@ def test_preprocess_counts_and_vocab_match_reference(tiny_dataset):
 
 
 def test_stages_chain_frozen_optima_and_evaluate(tiny_cfg, tiny_dataset, tmp_path):
-    from components.evaluate.core import build_report
-    from components.train.core import run_stage
+    from nmtrec.components.evaluate.scoring import build_report
+    from nmtrec.components.train.stage import run_stage
 
     data = str(tiny_dataset / "dataset")
     m1 = run_stage(tiny_cfg, 0, data, str(tmp_path / "s1"))
@@ -54,7 +54,7 @@ def test_stages_chain_frozen_optima_and_evaluate(tiny_cfg, tiny_dataset, tmp_pat
 
 
 def test_stage_refuses_checkpoint_of_other_task_order(tiny_cfg, tiny_dataset, tmp_path):
-    from components.train.core import run_stage
+    from nmtrec.components.train.stage import run_stage
 
     data = str(tiny_dataset / "dataset")
     run_stage(tiny_cfg, 0, data, str(tmp_path / "s1"))

@@ -1,7 +1,8 @@
 """Bad configs fail with the file and key named."""
 import pytest
 
-from pipelines.config import ConfigError, load_config
+from nmtrec.components.preprocess.from_config import label_columns
+from nmtrec.components.common.config import ConfigError, load_config
 
 
 def test_demo_config_loads():
@@ -33,7 +34,7 @@ def test_bad_config_names_key(tmp_path, text, needle):
 @pytest.mark.parametrize("name,labels", [("tenrec", ["click", "follow", "like", "share"]), ("tiktok", ["finish", "like"])])
 def test_dataset_configs_load(name, labels):
     cfg = load_config(f"configs/{name}.yaml")
-    assert cfg.data.source == name and cfg.data.label_columns() == labels
+    assert cfg.data.source == name and label_columns(cfg.data) == labels
 
 
 def test_missing_file(tmp_path):

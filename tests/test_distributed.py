@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.train import checkpoint
-from components.train.launch import train_stage_main
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.launch import train_stage_main
 from conftest import tiny_config
 
 # 2 processes sum the same numbers in another order (all-reduce, all-to-all); over the 18 steps
@@ -26,7 +26,7 @@ def dist_config(sharding: str, nproc: int):
 
 
 def plain_model(cfg, dataset: Path, ckpt: Path):
-    from models.registry import build_model
+    from nmtrec.models.registry import build_model
 
     spec = json.loads((dataset / "feature_spec.json").read_text())
     model = build_model(cfg.model, spec, len(cfg.tasks[:1]), device="cpu")
@@ -36,7 +36,7 @@ def plain_model(cfg, dataset: Path, ckpt: Path):
 
 @torch.no_grad()
 def plain_predictions(cfg, dataset: Path, ckpt: Path) -> np.ndarray:
-    from components.train.data import eval_batches, load_split
+    from nmtrec.components.train.data import eval_batches, load_split
 
     model, spec = plain_model(cfg, dataset, ckpt)
     cols = load_split(dataset, spec, "valid", cfg.tasks[:1])
@@ -115,11 +115,11 @@ def test_reshard_two_to_one_and_one_to_two(runs, tiny_dataset, tmp_path):
 def test_embedding_l2_decays_only_the_rows_a_batch_touches():
     """model.embedding_l2 under the fused optimizer: same batch, same init, with and without it: rows the
     batch looked up differ, all other rows stay equal."""
-    from components.train.distributed import init_process_group, shard
-    from components.train.loop import train_step
-    from components.train.objectives import SingleTask
-    from models.registry import build_model
-    from pipelines.config import ModelConfig, TrainConfig
+    from nmtrec.components.train.distributed import init_process_group, shard
+    from nmtrec.components.train.epochs import train_step
+    from nmtrec.components.train.objectives import SingleTask
+    from nmtrec.models.registry import build_model
+    from nmtrec.components.common.config import ModelConfig, TrainConfig
     from test_models import SPEC, toy_batch
 
     device = init_process_group()
@@ -140,8 +140,8 @@ def test_embedding_l2_decays_only_the_rows_a_batch_touches():
 
 def test_embedding_l2_gradient_equals_explicit_penalty():
     """The gradient the L2 hook adds equals that of loss + l2 * mean_batch ||x||^2 written out."""
-    from models.registry import build_model
-    from pipelines.config import ModelConfig
+    from nmtrec.models.registry import build_model
+    from nmtrec.components.common.config import ModelConfig
     from test_models import SPEC, toy_batch
 
     kjt, labels = toy_batch(16)
@@ -187,7 +187,7 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     def launch(nproc, out):
         f = tmp_path / f"cfg{nproc}.json"
         f.write_text(tiny_config(train={**train, "nproc": nproc}).to_json())
-        return subprocess.Popen([sys.executable, "-m", "components.train.launch", f"@{f}", "0", data, str(tmp_path / out)],
+        return subprocess.Popen([sys.executable, "-m", "nmtrec.components.train.launch", f"@{f}", "0", data, str(tmp_path / out)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     proc = launch(2, "out")

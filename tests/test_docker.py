@@ -76,8 +76,8 @@ def test_gpu_image_derives_matching_cuda_fbgemm(tmp_path):
 def test_pins_agree_with_the_installed_environment_and_image_tags():
     import importlib.metadata as md
 
-    from pipelines.cluster_config import ClusterConfig
-    from pipelines.factory import DEFAULT_IMAGE
+    from nmtrec.components.common.cluster import ClusterConfig
+    from nmtrec.pipelines.pipeline import DEFAULT_IMAGE
 
     for name, version in pins("requirements.txt", "requirements-torch.txt", "requirements-torchrec.txt").items():
         assert md.version(name).split("+")[0] == version, name

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.train.data import load_split
-from components.train.distributed import init_process_group
-from components.train.loop import HeldOutStream, task_losses
+from nmtrec.components.train.data import load_split
+from nmtrec.components.train.distributed import init_process_group
+from nmtrec.components.train.epochs import HeldOutStream, task_losses
 
 
 class ConstantLogit(torch.nn.Module):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from components.evaluate.metrics import auc, gauc, logloss
+from nmtrec.components.common.metrics import auc, gauc, logloss
 
 
 @pytest.fixture

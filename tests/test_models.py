@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from models.registry import ARCHITECTURES, build_model
-from pipelines.config import ModelConfig
+from nmtrec.models.registry import ARCHITECTURES, build_model
+from nmtrec.components.common.config import ModelConfig
 
 SPEC = {
     "sparse": {"user_id": {"table": "user_id"}, "item_id": {"table": "item_id"}},
@@ -133,7 +133,7 @@ def test_loss_falls_on_learnable_toy_problem(arch):
 
 def test_expert_bank_equals_separate_linear_experts():
     """The batched expert computation is the same function as a loop of per-expert MLPs (float64)."""
-    from models.base import ExpertBank
+    from nmtrec.models.base import ExpertBank
 
     torch.manual_seed(0)
     bank = ExpertBank(3, 5, [4, 2]).double()
@@ -151,8 +151,8 @@ def test_expert_bank_equals_separate_linear_experts():
 
 
 def test_feature_spec_disagreeing_with_config_is_named():
-    from models.sparse import FeatureSpecMismatch
-    from pipelines.config import FeatureConfig
+    from nmtrec.models.sparse import FeatureSpecMismatch
+    from nmtrec.components.common.config import FeatureConfig
 
     cfg = FeatureConfig(sparse=["user_id", "item_id", "age"], bags={"hist": ["h1"]}, bag_tables={"hist": "item_id"})
     with pytest.raises(FeatureSpecMismatch, match=r"features.sparse is \['user_id', 'item_id', 'age'\]"):
@@ -163,7 +163,7 @@ def test_feature_spec_disagreeing_with_config_is_named():
 def test_paper_config_builds_every_architecture_at_paper_sizes(arch):
     from pathlib import Path
 
-    from pipelines.config import load_config
+    from nmtrec.components.common.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
     assert cfg.train.batch_size == 4096 and cfg.model.embedding_l2 == 1e-6

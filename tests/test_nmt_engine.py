@@ -15,8 +15,8 @@ NMT = {"relative_tolerance": 0.01, "lambda_init": 1.0}
 @pytest.fixture(scope="module")
 def chain(tiny_dataset, tmp_path_factory):
     """click > like: stage 1, stage 2 (NMT) and two joint baselines."""
-    from components.train.core import run_stage
-    from components.train.joint import run_joint
+    from nmtrec.components.train.stage import run_stage
+    from nmtrec.components.train.joint import run_joint
 
     cfg = tiny_config(tasks=["click", "like"], train={"max_epochs": 3, "patience": 0}, nmt=NMT)
     data = str(tiny_dataset / "dataset")
@@ -29,7 +29,7 @@ def chain(tiny_dataset, tmp_path_factory):
 
 
 def test_priority_property_primary_auc_kept(chain):
-    from components.evaluate.core import evaluate_checkpoint
+    from nmtrec.components.evaluate.scoring import evaluate_checkpoint
 
     cfg, data, root = chain
     single, _ = evaluate_checkpoint(str(root / "s1"), data)
@@ -41,8 +41,8 @@ def test_priority_property_primary_auc_kept(chain):
 
 
 def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
-    from components.train import checkpoint
-    from components.train.core import run_stage
+    from nmtrec.components.train import checkpoint
+    from nmtrec.components.train.stage import run_stage
 
     cfg, data, root = chain
     meta = json.loads((root / "s1" / "stage.json").read_text())
@@ -77,8 +77,8 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
 
 def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
     """One shared score, pairwise loss, three tasks: stage 3 audits both higher tasks."""
-    from components.evaluate.core import predict_checkpoint
-    from components.train.core import run_stage
+    from nmtrec.components.evaluate.scoring import predict_checkpoint
+    from nmtrec.components.train.stage import run_stage
 
     cfg = tiny_config(tasks=["click", "like", "share"], model={"head": "shared_score"},
                       train={"loss": "pairwise", "max_epochs": 1, "patience": 0}, nmt=NMT)
@@ -96,7 +96,7 @@ def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
 
 
 def test_report_json_and_html_with_embedded_plots(chain, tmp_path):
-    from components.evaluate.report import write_outputs
+    from nmtrec.components.evaluate.report import write_outputs
 
     cfg, data, root = chain
     joint = [str(root / "equal_weights"), str(root / "weight_grid_0.9_0.1")]

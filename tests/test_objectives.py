@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from components.train.objectives import NMTStage, SingleTask
+from nmtrec.components.train.objectives import NMTStage, SingleTask
 
 
 def test_single_task_picks_its_loss():
@@ -93,13 +93,13 @@ def test_validation_score_ranks_feasible_epochs_first():
 
 
 def test_static_weights_loss():
-    from components.train.objectives import StaticWeights
+    from nmtrec.components.train.objectives import StaticWeights
 
     assert StaticWeights([0.9, 0.1]).loss(torch.tensor([0.2, 0.6])).item() == pytest.approx(0.24)
 
 
 def test_famo_gradient_and_weight_update_by_hand():
-    from components.train.objectives import FAMO
+    from nmtrec.components.train.objectives import FAMO
 
     famo = FAMO(2, w_lr=0.025, gamma=0.0, eps=0.0)
     losses = torch.tensor([0.2, 0.8], dtype=torch.float64, requires_grad=True)
@@ -115,7 +115,7 @@ def test_famo_gradient_and_weight_update_by_hand():
 
 
 def test_famo_nmt_keeps_constraint_terms_and_rescaling():
-    from components.train.objectives import FAMONMTStage
+    from nmtrec.components.train.objectives import FAMONMTStage
 
     obj = FAMONMTStage(1, {0: 0.1}, lambda_init=1.0, tau=0.1, ema=0.0)
     losses = torch.tensor([0.2, 0.8], dtype=torch.float64, requires_grad=True)
@@ -127,7 +127,7 @@ def test_famo_nmt_keeps_constraint_terms_and_rescaling():
 def test_pairwise_loss_by_hand():
     import math
 
-    from components.train.losses import pairwise
+    from nmtrec.components.train.losses import pairwise
 
     logits = torch.tensor([[2.0], [0.0], [1.0]])  # one shared score
     labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
@@ -139,7 +139,7 @@ def test_pairwise_loss_by_hand():
 
 
 def test_unknown_method_is_rejected_with_its_name():
-    from pipelines.config import Config
+    from nmtrec.components.common.config import Config
 
     with pytest.raises(ValueError, match="weight_grid:0.9"):
         Config.model_validate({"tasks": ["like", "click"], "methods": ["nmt", "weight_grid:0.9"]})
@@ -149,7 +149,7 @@ def test_unknown_method_is_rejected_with_its_name():
 
 @pytest.mark.parametrize("make", [
     lambda: NMTStage(1, {0: 0.5}, lambda_init=0.2, ema=0.5, update="pi"),
-    lambda: __import__("components.train.objectives", fromlist=["FAMO"]).FAMO(2),
+    lambda: __import__("nmtrec.components.train.objectives", fromlist=["FAMO"]).FAMO(2),
 ])
 def test_resume_state_continues_exactly(make, tmp_path):
     """A restarted stage (pickled resume state, as the resume checkpoint stores it) continues like

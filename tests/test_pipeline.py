@@ -3,7 +3,7 @@ import json
 
 import yaml
 
-from pipelines.cli import main
+from nmtrec.pipelines.cli import main
 from conftest import tiny_config
 
 
@@ -23,8 +23,8 @@ def test_compile_has_preprocess_one_step_per_stage_and_evaluate(tmp_path):
 
 
 def test_compile_demo_has_every_method_step(tmp_path):
-    from pipelines.config import load_config
-    from pipelines.factory import build_pipeline
+    from nmtrec.components.common.config import load_config
+    from nmtrec.pipelines.pipeline import build_pipeline
     from kfp import compiler
 
     from conftest import ROOT

@@ -13,7 +13,7 @@ CHECK = ["user_id", "item_id", "click", "like", "video_category"]
 
 @pytest.fixture(scope="module")
 def raw_csv(tmp_path_factory):
-    from components.generate.core import SyntheticSpec, generate
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     path = tmp_path_factory.mktemp("draws") / "data.csv"
     generate(SyntheticSpec(rows=4000, users=150, items=250, seed=SEED, duplicates=0.05, null_category=0.05), path)
@@ -21,8 +21,8 @@ def raw_csv(tmp_path_factory):
 
 
 def _spec(**kw):
-    from components.preprocess.core import PreprocessSpec
-    from pipelines.config import FeatureConfig
+    from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec
+    from nmtrec.components.common.config import FeatureConfig
 
     f = FeatureConfig()
     base = dict(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables, labels=["click", "follow", "like", "share"],
@@ -54,7 +54,7 @@ def _expected(names, ref, split_index):
 
 
 def test_split_matches_reference_disjoint_and_independent_of_chunking(raw_csv, tmp_path):
-    from components.preprocess.core import SPLITS, run_preprocess
+    from nmtrec.components.preprocess.beam_pipeline import SPLITS, run_preprocess
 
     spec = _spec()
     names, ref = _reference(raw_csv, spec)
@@ -72,7 +72,7 @@ def test_split_matches_reference_disjoint_and_independent_of_chunking(raw_csv, t
 
 
 def test_mtl_sampling_keeps_all_clicks_and_about_twice_as_many_negatives(raw_csv, tmp_path):
-    from components.preprocess.core import SPLITS, run_preprocess
+    from nmtrec.components.preprocess.beam_pipeline import SPLITS, run_preprocess
 
     spec = _spec(negative_ratio=2.0)
     names, ref = _reference(raw_csv, spec)
@@ -92,7 +92,7 @@ def test_mtl_sampling_keeps_all_clicks_and_about_twice_as_many_negatives(raw_csv
 
 
 def test_vocab_min_count_oov_and_null(raw_csv, tmp_path):
-    from components.preprocess.core import run_preprocess
+    from nmtrec.components.preprocess.beam_pipeline import run_preprocess
 
     run_preprocess(str(raw_csv), str(tmp_path / "v"), _spec(min_count=30))
     names, rows = read_rows(raw_csv)

@@ -10,7 +10,7 @@ GOOD = "1,10,1,0,1,0,1,2,1,4\n2,11,0,0,0,0,\\N,0,2,3\n3,12,1,0,0,0,0,1,0,5\n"
 
 
 def _cli(tmp_path, text, source="tenrec", config=None, **data):
-    from pipelines.cli import main
+    from nmtrec.pipelines.cli import main
 
     src = tmp_path / "in.csv"
     if text is not None:

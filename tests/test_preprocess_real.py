@@ -13,9 +13,9 @@ TIKTOK = SHARED_DATA / "byterec_sample.txt"
 
 
 def _preprocess(tmp_path, source, path, **data):
-    from components.preprocess.run import spec_from_config
-    from components.preprocess.core import run_preprocess
-    from pipelines.config import load_config
+    from nmtrec.components.preprocess.from_config import spec_from_config
+    from nmtrec.components.preprocess.beam_pipeline import run_preprocess
+    from nmtrec.components.common.config import load_config
 
     cfg = load_config(write_config(tmp_path / "cfg.yaml", source, chunk_bytes=100_000, **data))
     out = tmp_path / "ds"
@@ -50,7 +50,7 @@ def test_tenrec_sample_rows_nulls_labels_vocab(tmp_path):
 
 @pytest.mark.skipif(not TIKTOK.exists(), reason="shared/data TikTok sample absent")
 def test_tiktok_sample_headerless_tabs_and_minus_one_ids(tmp_path):
-    from components.preprocess.schemas import TIKTOK_COLUMNS
+    from nmtrec.components.preprocess.schemas import TIKTOK_COLUMNS
 
     _, rows = read_rows(TIKTOK, delimiter="\t", header=False)
     col = {n: [r[i] for r in rows] for i, n in enumerate(TIKTOK_COLUMNS)}

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from pipelines.cli import main
-from pipelines.factory import data_config_json, stage_config_json
-from pipelines.local import run_local
+from nmtrec.pipelines.cli import main
+from nmtrec.pipelines.pipeline import data_config_json, stage_config_json
+from nmtrec.pipelines.local import run_local
 
 SMALL = {"data": {"synthetic": {"rows": 3000, "users": 200, "items": 300}}, "train": {"max_epochs": 1}}
 

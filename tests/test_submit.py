@@ -3,7 +3,7 @@ import kfp
 import pytest
 import yaml
 
-from pipelines.cli import main
+from nmtrec.pipelines.cli import main
 
 
 class FakeClient:

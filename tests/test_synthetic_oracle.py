@@ -16,7 +16,7 @@ def _read(path):
 
 
 def test_generator_rates_truth_and_determinism(tmp_path):
-    from components.generate.core import SyntheticSpec, generate
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec(rows=40_000, users=500, items=800, seed=4, chunk_rows=7_000)
     n = generate(spec, tmp_path / "a.csv")
@@ -36,7 +36,7 @@ def test_generator_rates_truth_and_determinism(tmp_path):
 
 
 def test_oracle_auc_matches_sklearn_on_raw_truth(tiny_cfg, tiny_dataset):
-    from components.evaluate.oracle import oracle_report
+    from nmtrec.components.evaluate.oracle import oracle_report
 
     ds = tiny_dataset / "dataset"
     spec = json.loads((ds / "feature_spec.json").read_text())
@@ -59,7 +59,7 @@ def test_oracle_auc_matches_sklearn_on_raw_truth(tiny_cfg, tiny_dataset):
 def test_like_has_its_own_signal(tmp_path):
     """The planted conflict: like's ranking comes from its own factors; click's probability explains
     little of it (a model must make room for both), and `conflict` brings the two together."""
-    from components.generate.core import SyntheticSpec, generate
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     def aucs(conflict):
         path = tmp_path / f"c{conflict}.csv"

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines.cluster_config import ClusterConfig
-from pipelines.trainjob import (TrainJobError, build_request, job_name, launch_command, run_trainjob,
+from nmtrec.components.common.cluster import ClusterConfig
+from nmtrec.components.train.trainjob import (TrainJobError, build_request, job_name, launch_command, run_trainjob,
                                 train_stage_on_trainjob)
 
 CLUSTER = {"gpu_image": "reg.example.com/nmtrec-gpu:1", "gpus": 8, "nodes": 2, "shared_pvc": "rwx",
@@ -86,7 +86,7 @@ def test_trainjob_manifest_from_the_kubeflow_sdk(monkeypatch):
     assert spec["activeDeadlineSeconds"] == 7200
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 2 and trainer["image"] == "reg.example.com/nmtrec-gpu:1"
-    assert trainer["command"] == ["torchrun", "-m", "components.train.launch", '{"tasks": ["like"]}', "1",
+    assert trainer["command"] == ["torchrun", "-m", "nmtrec.components.train.launch", '{"tasks": ["like"]}', "1",
                                   "/mnt/shared/j/dataset", "/mnt/shared/j/checkpoint", "/mnt/shared/j/previous"]
     assert trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "8", "cpu": "32", "memory": "256Gi"}
     (patch,) = spec["runtimePatches"]
@@ -138,7 +138,7 @@ class FakeTrainer:
 
 def _request():
     cc = ClusterConfig.model_validate(CLUSTER)
-    return cc, build_request(cc, "nmtrec-r-s1", ["torchrun", "-m", "components.train.launch"])
+    return cc, build_request(cc, "nmtrec-r-s1", ["torchrun", "-m", "nmtrec.components.train.launch"])
 
 
 def test_run_trainjob_streams_logs_and_completes():
@@ -220,8 +220,8 @@ def _free_port() -> int:
 def test_launch_command_trains_the_stage_like_a_single_process(tiny_cfg, tiny_dataset, tmp_path):
     """The job's command, run as the torch-distributed runtime would on one node (PET_* variables),
     gives the same stage as the in-process reference."""
-    from components.train.core import run_stage
-    from pipelines.factory import stage_config_json
+    from nmtrec.components.train.stage import run_stage
+    from nmtrec.pipelines.pipeline import stage_config_json
 
     data = str(tiny_dataset / "dataset")
     ref = run_stage(tiny_cfg, 0, data, str(tmp_path / "ref"))

@@ -11,8 +11,8 @@ def evaluate(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model]
              roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
     import json
 
-    from components.evaluate.report import write_outputs
-    from components.logs import setup_logging
+    from nmtrec.components.evaluate.report import write_outputs
+    from nmtrec.components.common.logs import setup_logging
 
     setup_logging()
     write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None, [],
@@ -24,8 +24,8 @@ def evaluate_all(config_json: str, dataset: Input[Dataset], checkpoint: Input[Mo
                  roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
     import json
 
-    from components.evaluate.report import write_outputs
-    from components.logs import setup_logging
+    from nmtrec.components.evaluate.report import write_outputs
+    from nmtrec.components.common.logs import setup_logging
 
     setup_logging()
     write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None,

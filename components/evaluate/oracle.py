@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.evaluate.metrics import auc
+from nmtrec.components.common.metrics import auc
 
 
 def oracle_auc(test_table: pa.Table, truth: dict[str, str], tasks: list[str]) -> dict[str, float]:

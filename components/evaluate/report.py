@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.evaluate.methods import evaluate_methods
-from components.evaluate.oracle import oracle_report
+from nmtrec.components.evaluate.compare import evaluate_methods
+from nmtrec.components.evaluate.oracle import oracle_report
 
 STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "epochs",
               "valid_loss", "valid_auc")
@@ -18,7 +18,7 @@ def stage_summaries(meta: dict) -> list[dict]:
 def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None = None,
                       joint: list[str] = (), method_order: list[str] | None = None) -> tuple[dict, dict, tuple]:
     """Return (report, {method: checkpoint meta}, NMT test (labels, probs))."""
-    from components.train.checkpoint import read_meta
+    from nmtrec.components.train.checkpoint import read_meta
 
     tasks = read_meta(nmt)["tasks"]
     methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
@@ -40,8 +40,8 @@ def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | 
 
     from sklearn.metrics import roc_curve
 
-    from components.evaluate.core import write_json, write_text_atomic
-    from components.evaluate.html import render
+    from nmtrec.components.evaluate.scoring import write_json, write_text_atomic
+    from nmtrec.components.evaluate.html import render
 
     report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
     write_json(report_path, report)

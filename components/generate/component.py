@@ -7,8 +7,8 @@ def generate_synthetic(config_json: str, raw: Output[Dataset]):
     import json
     import os
 
-    from components.generate.core import SyntheticSpec, generate
-    from components.logs import setup_logging
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
+    from nmtrec.components.common.logs import setup_logging
 
     setup_logging()
     cfg = json.loads(config_json)

@@ -6,8 +6,8 @@ from kfp.dsl import Dataset, Input, Output
 def preprocess_dataset(config_json: str, raw: Input[Dataset], dataset: Output[Dataset]):
     import os
 
-    from components.logs import setup_logging
-    from components.preprocess.run import preprocess_from_config
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.preprocess.from_config import preprocess_from_config
 
     setup_logging()
     spec = preprocess_from_config(config_json, os.path.join(raw.path, "data.csv"), dataset.path)
@@ -16,8 +16,8 @@ def preprocess_dataset(config_json: str, raw: Input[Dataset], dataset: Output[Da
 
 
 def preprocess_file(config_json: str, source_path: str, dataset: Output[Dataset]):
-    from components.logs import setup_logging
-    from components.preprocess.run import preprocess_from_config
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.preprocess.from_config import preprocess_from_config
 
     setup_logging()
     spec = preprocess_from_config(config_json, source_path, dataset.path)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from components.preprocess.schemas import NULLS, FileFormat
+from nmtrec.components.preprocess.schemas import NULLS, FileFormat
 
 _INT = re.compile(rb"^-?\d+$")
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from components.evaluate.metrics import auc
-from components.train.data import Columns, eval_batches
+from nmtrec.components.common.metrics import auc
+from nmtrec.components.train.data import Columns, eval_batches
 
 log = logging.getLogger("nmtrec.audit")
 

@@ -5,8 +5,8 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 def train_stage(config_json: str, stage: int, dataset: Input[Dataset], checkpoint: Output[Model],
                 previous: Input[Model] = None, method: str = "nmt"):
-    from components.logs import setup_logging
-    from components.train.launch import train_stage_main
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.train.launch import train_stage_main
 
     setup_logging()
     meta = train_stage_main(config_json, stage, dataset.path, checkpoint.path,

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from torchrec import KeyedJaggedTensor
 
-from models.sparse import feature_names
+from nmtrec.models.sparse import feature_names
 
 
 @dataclass

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from components.train import checkpoint
-from components.train.core import _shared_tmp, loss_function, prepare
-from components.train.loop import mean_losses, train_stage
-from components.train.objectives.registry import joint_objective
-from pipelines.config import Config
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.stage import _shared_tmp, loss_function, prepare
+from nmtrec.components.train.epochs import mean_losses, train_stage
+from nmtrec.components.train.objectives.registry import joint_objective
+from nmtrec.components.common.config import Config
 
 
 def run_joint(cfg: Config, method: str, dataset_dir: str, out_dir: str) -> dict:

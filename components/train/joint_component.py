@@ -3,9 +3,9 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 
 def train_joint(config_json: str, method: str, dataset: Input[Dataset], checkpoint: Output[Model]):
-    from components.logs import setup_logging
-    from components.train.joint import run_joint
-    from pipelines.config import Config
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.train.joint import run_joint
+    from nmtrec.components.common.config import Config
 
     setup_logging()
     meta = run_joint(Config.from_json(config_json), method, dataset.path, checkpoint.path)

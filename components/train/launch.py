@@ -13,7 +13,11 @@ import subprocess
 import sys
 import tempfile
 
-from pipelines.config import Config
+from nmtrec.components.common.config import Config
+
+
+# this module's import name, also when it runs as __main__ (python -m) inside a worker
+MODULE = __spec__.name if __spec__ is not None else __name__
 
 
 class LaunchError(RuntimeError):
@@ -29,20 +33,20 @@ def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: st
         config_json = cfg.to_json()
     if cfg.train.nproc > 1 and "RANK" not in os.environ:
         return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir, method)
-    from components.train.core import run_stage
+    from nmtrec.components.train.stage import run_stage
 
     return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method=method)
 
 
 def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir,
               method: str = "nmt") -> dict:
-    from components.train import checkpoint
+    from nmtrec.components.train import checkpoint
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nmtrec-stage-", delete=False) as f:
         f.write(config_json)
     try:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.train.nproc}",
-               "-m", "components.train.launch", "@" + f.name, str(stage), dataset_dir, out_dir]
+               "-m", MODULE, "@" + f.name, str(stage), dataset_dir, out_dir]
         cmd += [previous_dir or "-", method]
         rc = subprocess.call(cmd)
     finally:
@@ -54,8 +58,8 @@ def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_d
 
 
 def main(argv: list[str]) -> int:
-    """python -m components.train.launch CONFIG_JSON|@FILE STAGE DATASET OUT [PREVIOUS|- [METHOD]]"""
-    from components.logs import setup_logging
+    """python -m nmtrec.components.train.launch CONFIG_JSON|@FILE STAGE DATASET OUT [PREVIOUS|- [METHOD]]"""
+    from nmtrec.components.common.logs import setup_logging
 
     setup_logging()
     config = argv[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from components.train import checkpoint
+from nmtrec.components.train import checkpoint
 
 log = logging.getLogger("nmtrec.train")
 

@@ -6,10 +6,10 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 def train_stage_trainjob(config_json: str, cluster_json: str, stage: int, run_id: str, dataset: Input[Dataset],
                          checkpoint: Output[Model], previous: Input[Model] = None):
-    from components.logs import setup_logging
-    from components.train.checkpoint import read_meta
-    from pipelines.cluster_config import ClusterConfig
-    from pipelines.trainjob import train_stage_on_trainjob
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.train.checkpoint import read_meta
+    from nmtrec.components.common.cluster import ClusterConfig
+    from nmtrec.components.train.trainjob import train_stage_on_trainjob
 
     setup_logging()
     cc = ClusterConfig.model_validate_json(cluster_json)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from components.train.objectives.base import Objective
+from nmtrec.components.train.objectives.base import Objective
 
 
 class FAMO(Objective):

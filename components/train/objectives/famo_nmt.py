@@ -7,8 +7,8 @@ L = (FAMO(f_1..f_k) + sum_j lambda_j (f_j - f_j* - r_j)) / (1 + sum lambda).
 """
 from __future__ import annotations
 
-from components.train.objectives.famo import FAMO
-from components.train.objectives.nmt import NMTStage
+from nmtrec.components.train.objectives.famo import FAMO
+from nmtrec.components.train.objectives.nmt import NMTStage
 
 
 class FAMONMTStage(NMTStage):

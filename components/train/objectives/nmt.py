@@ -7,7 +7,7 @@ not blow up the step -- and the multipliers take a projected ascent step (compon
 objectives/multipliers.py: `pi` by default, the paper's `gradient` ascent with tau for comparison).
 
 The constraint is measured on validation batches by default (held-out: the loop passes their losses
-as `held_out`; why in components/train/core.py) or on the training batches (`nmt.constraint_data`).
+as `held_out`; why in components/train/stage.py) or on the training batches (`nmt.constraint_data`).
 Noise: one batch's loss is a noisy estimate of f_j, so the multiplier update is driven by g_j, an
 exponential moving average of the batch constraint value (`nmt.ema`), not by the raw batch value;
 a raw per-batch ascent random-walks lambda.
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from components.train.objectives.base import Objective
-from components.train.objectives.multipliers import make_update
+from nmtrec.components.train.objectives.base import Objective
+from nmtrec.components.train.objectives.multipliers import make_update
 
 INFEASIBLE = 1e3  # added to the early-stopping score of an epoch that breaks a validation constraint
 

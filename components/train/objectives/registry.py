@@ -1,11 +1,11 @@
 """Objective plug-ins by method name. Adding a weighting method: one file + one line here."""
 from __future__ import annotations
 
-from components.train.objectives.famo import FAMO
-from components.train.objectives.famo_nmt import FAMONMTStage
-from components.train.objectives.names import parse_method
-from components.train.objectives.nmt import NMTStage, SingleTask
-from components.train.objectives.static import StaticWeights
+from nmtrec.components.train.objectives.famo import FAMO
+from nmtrec.components.train.objectives.famo_nmt import FAMONMTStage
+from nmtrec.components.common.methods import parse_method
+from nmtrec.components.train.objectives.nmt import NMTStage, SingleTask
+from nmtrec.components.train.objectives.static import StaticWeights
 
 
 def joint_objective(name: str, num_tasks: int):

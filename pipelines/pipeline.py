@@ -12,16 +12,16 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
 
-from components.evaluate.component import evaluate, evaluate_all
-from components.generate.component import generate_synthetic
-from components.preprocess.component import preprocess_dataset, preprocess_file
-from components.train.component import train_stage
-from components.train.joint_component import train_joint
-from components.train.trainjob_component import train_stage_trainjob
-from pipelines import reuse
-from pipelines.config import Config
-from pipelines.methods import add_methods
-from pipelines.resources import apply_cluster
+from nmtrec.components.evaluate.component import evaluate, evaluate_all
+from nmtrec.components.generate.component import generate_synthetic
+from nmtrec.components.preprocess.component import preprocess_dataset, preprocess_file
+from nmtrec.components.train.component import train_stage
+from nmtrec.components.train.joint_component import train_joint
+from nmtrec.components.train.trainjob_component import train_stage_trainjob
+from nmtrec.pipelines import reuse
+from nmtrec.components.common.config import Config
+from nmtrec.pipelines.baselines import add_methods
+from nmtrec.pipelines.resources import apply_cluster
 
 DEFAULT_IMAGE = "ghcr.io/nmtrec/nmtrec-cpu:0.1.0"
 

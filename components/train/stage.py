@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from components.train import audit, checkpoint
-from components.train.data import load_split, num_batches
-from components.train.distributed import init_process_group, log_plan, set_threads, shard
-from components.train.loop import mean_losses, task_losses, train_stage
-from components.train.losses import get_loss
-from components.train.objectives.registry import stage_objective
-from components.train.resume import Resumer, stage_key
-from models.registry import build_model
-from models.sparse import check_spec
-from pipelines.config import Config
+from nmtrec.components.train import audit, checkpoint
+from nmtrec.components.train.data import load_split, num_batches
+from nmtrec.components.train.distributed import init_process_group, log_plan, set_threads, shard
+from nmtrec.components.train.epochs import mean_losses, task_losses, train_stage
+from nmtrec.components.train.losses import get_loss
+from nmtrec.components.train.objectives.registry import stage_objective
+from nmtrec.components.train.resume import Resumer, stage_key
+from nmtrec.models.registry import build_model
+from nmtrec.models.sparse import check_spec
+from nmtrec.components.common.config import Config
 
 log = logging.getLogger("nmtrec.train")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.evaluate.core import predict_checkpoint, task_metrics
+from nmtrec.components.evaluate.scoring import predict_checkpoint, task_metrics
 
 
 def _pad(metrics: dict, tasks: list[str]) -> dict:

@@ -9,8 +9,8 @@
 
 from kfp import dsl
 
-from components.train.objectives.names import is_joint
-from pipelines.config import Config
+from nmtrec.components.common.methods import is_joint
+from nmtrec.components.common.config import Config
 
 # joint baselines trained at once (kfp.local caps a ParallelFor at 2 workers as well)
 PARALLELISM = 2

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import Config, load_config
+from nmtrec.components.common.config import Config, load_config
 
 ETA_FACTORS = (1 / 3, 1.0, 3.0)  # times train.lr
 TAUS = (0.01, 0.05, 0.25)
@@ -36,9 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_dataset(cfg: Config, root: Path) -> str:
-    from components.generate.core import SyntheticSpec, generate
-    from components.preprocess.run import preprocess_from_config
-    from pipelines.factory import data_config_json
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
+    from nmtrec.components.preprocess.from_config import preprocess_from_config
+    from nmtrec.pipelines.pipeline import data_config_json
 
     if cfg.data.source == "synthetic":
         csv = root / "data.csv"
@@ -51,8 +51,8 @@ def build_dataset(cfg: Config, root: Path) -> str:
 
 def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) -> dict:
     """Stage 2 once per seed: per-seed results and their means."""
-    from components.evaluate.core import evaluate_checkpoint
-    from components.train.core import run_stage
+    from nmtrec.components.evaluate.scoring import evaluate_checkpoint
+    from nmtrec.components.train.stage import run_stage
 
     runs = []
     for seed in seeds:
@@ -70,8 +70,8 @@ def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) ->
 
 
 def run(args) -> int:
-    from components.logs import setup_logging
-    from components.train.core import run_stage
+    from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.train.stage import run_stage
 
     setup_logging()
     cfg = load_config(args.config)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.config import ConfigError, load_config
+from nmtrec.components.common.config import ConfigError, load_config
 
 LABELS = ["click", "like", "follow", "share"]
 
@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pipelines.local import run_local
+    from nmtrec.pipelines.local import run_local
 
     cfg = load_config(args.config)
     new = args.add_task or next((t for t in LABELS if t not in cfg.tasks), None)
@@ -83,11 +83,11 @@ def _cpu() -> float:
 def _one_stage(cfg, stage: int, kfp_root: Path, out: Path) -> None:
     """The new stage as a pipeline step runs it (a fresh process through the stage entry point), on the
     first run's dataset and last checkpoint."""
-    from pipelines.factory import stage_config_json
+    from nmtrec.pipelines.pipeline import stage_config_json
 
     dataset = _only(kfp_root.glob("*/preprocess-*/dataset"))
     previous = _only(kfp_root.glob(f"*/train-stage{'' if stage == 1 else f'-{stage}'}/checkpoint"))
-    subprocess.run([sys.executable, "-m", "components.train.launch", stage_config_json(cfg, stage), str(stage),
+    subprocess.run([sys.executable, "-m", "nmtrec.components.train.launch", stage_config_json(cfg, stage), str(stage),
                     str(dataset), str(out / "checkpoint"), str(previous)], check=True)
 
 

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from components.train import checkpoint
-from components.train.data import Columns, batches, eval_batches, local_batch_size, num_batches
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.data import Columns, batches, eval_batches, local_batch_size, num_batches
 
 log = logging.getLogger("nmtrec.train")
 

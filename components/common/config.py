@@ -12,7 +12,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.cluster_config import ClusterConfig
+from nmtrec.components.common.cluster import ClusterConfig
+from nmtrec.components.common.methods import parse_method
 
 
 class ConfigError(ValueError):
@@ -69,13 +70,6 @@ class DataConfig(_Strict):
         if self.negative_ratio is not None and self.labels is not None and self.sample_label not in self.labels:
             raise ValueError(f"data.sample_label {self.sample_label!r} is not in data.labels {self.labels}")
         return self
-
-    def label_columns(self) -> list[str]:
-        if self.labels is not None:
-            return list(self.labels)
-        from components.preprocess.schemas import get_format
-
-        return list(get_format(self.source).default_labels)
 
 
 class FeatureConfig(_Strict):
@@ -147,7 +141,7 @@ class Config(_Strict):
     seed: int = 0
     tasks: list[str] = Field(min_length=1)
     # methods to train and compare; "nmt" is the staged chain, others are baselines beside it
-    # (nmt, single_task, equal_weights, famo, famo+nmt, weight_grid:<w1>:<w2>...; pipelines/methods.py)
+    # (nmt, single_task, equal_weights, famo, famo+nmt, weight_grid:<w1>:<w2>...; pipelines/baselines.py)
     methods: list[str] = ["nmt"]
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
@@ -166,8 +160,6 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _known_methods(self):
-        from components.train.objectives.names import parse_method
-
         for name in self.methods:
             parse_method(name, len(self.tasks))
         if len(set(self.methods)) != len(self.methods):

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.evaluate.metrics import auc, gauc, logloss
-from components.evaluate.oracle import oracle_report
-from components.train import checkpoint
-from components.train.data import load_split, make_batch
-from models.registry import build_model
-from pipelines.config import Config
+from nmtrec.components.common.metrics import auc, gauc, logloss
+from nmtrec.components.evaluate.oracle import oracle_report
+from nmtrec.components.train import checkpoint
+from nmtrec.components.train.data import load_split, make_batch
+from nmtrec.models.registry import build_model
+from nmtrec.components.common.config import Config
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipelines.cluster_config import ClusterConfig
+from nmtrec.components.common.cluster import ClusterConfig
+from nmtrec.components.train import launch
 
 log = logging.getLogger("nmtrec.trainjob")
 SHARED_VOLUME = "nmtrec-shared"
@@ -33,7 +34,7 @@ def launch_command(config_json: str, stage: int, dataset_dir: str, out_dir: str,
                    previous_dir: str | None) -> list[str]:
     """torchrun reads nodes, processes per node, rank and master from the PET_* variables that the
     torch-distributed runtime sets on each node."""
-    cmd = ["torchrun", "-m", "components.train.launch", config_json, str(stage), dataset_dir, out_dir]
+    cmd = ["torchrun", "-m", launch.MODULE, config_json, str(stage), dataset_dir, out_dir]
     return cmd + ([previous_dir] if previous_dir else [])
 
 

@@ -41,8 +41,8 @@ def _child(kind: str, csv: str, out: str, workers: int, chunk_mib: int) -> None:
         pq.write_table(table, out)
         rows = table.num_rows
     else:
-        from components.preprocess.core import PreprocessSpec, run_preprocess
-        from pipelines.config import FeatureConfig
+        from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
+        from nmtrec.components.common.config import FeatureConfig
 
         f = FeatureConfig()
         spec = PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables,
@@ -55,7 +55,7 @@ def _child(kind: str, csv: str, out: str, workers: int, chunk_mib: int) -> None:
 
 
 def _measure(kind: str, csv: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, "-c", "import sys; from components.preprocess.bench import _child; "
+    cmd = [sys.executable, "-c", "import sys; from benchmarks.preprocess import _child; "
            "_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))",
            kind, str(csv), str(out), str(args.workers), str(args.chunk_mib)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from components.generate.core import SyntheticSpec, generate
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)

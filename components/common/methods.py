@@ -1,4 +1,4 @@
-"""Method names of a config's `methods` list (no torch import: the config validates with this)."""
+"""Method names of a config's `methods` list: the config validates them, training and the pipeline dispatch on them (no torch import)."""
 from __future__ import annotations
 
 JOINT = ("equal_weights", "famo", "weight_grid")  # one model trained on all tasks at once

@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.preprocess import draws
-from components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file, line_number
-from components.preprocess.schemas import TRUTH_PREFIX, get_format
-from components.preprocess.vocab import FIRST_ID, NULL_INDEX, OOV_INDEX, Encoder, build_vocab, count_values, merge_counts
+from nmtrec.components.preprocess import draws
+from nmtrec.components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file, line_number
+from nmtrec.components.preprocess.schemas import TRUTH_PREFIX, get_format
+from nmtrec.components.preprocess.vocab import FIRST_ID, NULL_INDEX, OOV_INDEX, Encoder, build_vocab, count_values, merge_counts
 
 SPLITS = ("train", "valid", "test")
 __all__ = ["PreprocessError", "PreprocessSpec", "run_preprocess", "SPLITS"]

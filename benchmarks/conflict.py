@@ -67,8 +67,8 @@ def run(args) -> int:
     from rich.table import Table
     from sklearn.metrics import roc_auc_score
 
-    from components.generate.core import SyntheticSpec, generate
-    from components.preprocess.core import PreprocessSpec, run_preprocess
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
+    from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -41,7 +41,7 @@ def feature_spec(users: int, items: int) -> dict:
 
 
 def model_config():
-    from pipelines.config import ModelConfig
+    from nmtrec.components.common.config import ModelConfig
 
     return ModelConfig(arch="mmoe", embedding_dim=16, num_experts=4, expert_dims=[512, 512, 512],
                        gate_dims=[], tower_dims=[128, 64], embedding_l2=1e-6)
@@ -80,11 +80,11 @@ def timed(step, inputs) -> float:
 
 def setup_ours(spec, data):
     """Our trainer's step: returns (step function, inputs)."""
-    from components.train.distributed import init_process_group, shard
-    from components.train.loop import train_step
-    from components.train.objectives import Objective
-    from models.registry import build_model
-    from pipelines.config import TrainConfig
+    from nmtrec.components.train.distributed import init_process_group, shard
+    from nmtrec.components.train.epochs import train_step
+    from nmtrec.components.train.objectives import Objective
+    from nmtrec.models.registry import build_model
+    from nmtrec.components.common.config import TrainConfig
 
     class Sum(Objective):
         def loss(self, task_losses):
@@ -157,7 +157,7 @@ def setup_gemm(batch: int, count: int):
 
 
 def run(args) -> int:
-    from components.train.distributed import set_threads
+    from nmtrec.components.train.distributed import set_threads
 
     threads = set_threads(args.threads)
     spec = feature_spec(args.users, args.items)
