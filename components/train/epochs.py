@@ -99,9 +99,9 @@ class HeldOutStream:
         return global_losses(out)
 
 
-def train_stage(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
-                max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
-                resumer=None, loss_fn=task_losses) -> dict:
+def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
+               max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
+               resumer=None, loss_fn=task_losses) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
     continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
     losses (components/train/losses.py)."""

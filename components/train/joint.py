@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.stage import _shared_tmp, loss_function, prepare
-from nmtrec.components.train.epochs import mean_losses, train_stage
+from nmtrec.components.train.epochs import fit_epochs, mean_losses
 from nmtrec.components.train.objectives.registry import joint_objective
 from nmtrec.components.common.config import Config
 
@@ -23,7 +23,7 @@ def run_joint(cfg: Config, method: str, dataset_dir: str, out_dir: str) -> dict:
     meta = {"tasks": cfg.tasks, "method": method, "model_hash": cfg.model_hash(),
             "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
-        history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=0,
+        history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=0,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed, best_dir=Path(_shared_tmp(tmp)) / "best",
                               meta=meta, label=method, loss_fn=loss_fn)

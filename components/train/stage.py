@@ -34,7 +34,7 @@ import torch.distributed as dist
 from nmtrec.components.train import audit, checkpoint
 from nmtrec.components.train.data import load_split, num_batches
 from nmtrec.components.train.distributed import init_process_group, log_plan, set_threads, shard
-from nmtrec.components.train.epochs import mean_losses, task_losses, train_stage
+from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
 from nmtrec.components.train.losses import get_loss
 from nmtrec.components.train.objectives.registry import stage_objective
 from nmtrec.components.train.resume import Resumer, stage_key
@@ -135,7 +135,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                           cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
-        history = train_stage(dmp, dense_opt, objective, train, valid, stage_task=stage,
+        history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
                               best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn)
