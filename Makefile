@@ -5,17 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean lock lock-check readme-figures
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-torch.txt requirements-torchrec.txt
+# Installs requirements.lock, every transitive dependency pinned (`make lock` compiles it from the
+# top-level pins in requirements*.txt). Plain pip, not uv: torch's CPU build lies on local disk.
+$(STAMP): pyproject.toml requirements.lock requirements.txt requirements-dev.txt requirements-torch.txt requirements-torchrec.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -r requirements-torch.txt
-	# torchrec's declared dependency is the CUDA fbgemm-gpu, which breaks `import torchrec` on CPU.
-	$(PIP) --no-deps -r requirements-torchrec.txt
-	$(PIP) -r requirements.txt -r requirements-dev.txt -c requirements-torch.txt
+	$(PIP) -r requirements-torch.txt -c requirements.lock
+	# the rest exactly as locked, unresolved: torchrec's declared dependency is the CUDA fbgemm-gpu,
+	# which breaks `import torchrec` on CPU (the lock has fbgemm-gpu-cpu instead)
+	$(PIP) --no-deps -r requirements.lock
 	$(PIP) --no-deps -e .
 	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, apache_beam, kfp"
 	touch $(STAMP)
@@ -25,6 +27,22 @@ demo: install
 
 test: install
 	$(BIN)/pytest tests
+
+# Recompile requirements.lock from requirements*.txt (resolves afresh with pip; installs nothing).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(BIN)/python .ci/lock.py compile
+
+# The lock agrees with the top-level pins, and .venv is exactly the lock (run by .ci/run).
+lock-check: install
+	$(BIN)/python .ci/lock.py check
+
+# Rewrite README.md's demo table from runs/demo/report.json (written by `make demo`).
+readme-figures:
+	@test -f runs/demo/report.json || { echo "readme-figures: runs/demo/report.json is missing: run 'make demo' first" >&2; exit 1; }
+	$(MAKE) install
+	$(BIN)/python -m benchmarks.readme_table --report runs/demo/report.json --readme README.md --config configs/demo.yaml
 
 bench: install
 	$(BIN)/nmtrec bench --help

@@ -25,11 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _load(dataset: Path, spec: dict, split: str) -> dict:
+def _load(dataset: Path, spec, split: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    t = pa.concat_tables([pq.read_table(dataset / f) for f in spec["splits"][split]["files"]])
+    t = pa.concat_tables([pq.read_table(dataset / f) for f in spec.split_files(split)])
     return {c: t.column(c).to_numpy() for c in ("user_id", "item_id", "click", "like", "true_click", "true_like")}
 
 
@@ -78,7 +78,7 @@ def run(args) -> int:
             sparse=["user_id", "item_id"], bags={}, bag_tables={}, labels=["click", "like"], fmt="synthetic",
             seed=args.seed))
         train, test = _load(root / "ds", spec, "train"), _load(root / "ds", spec, "test")
-    sizes = {t: v["vocab_size"] for t, v in spec["tables"].items()}
+    sizes = spec.vocab_sizes()
     like_only = roc_auc_score(test["like"], _train(train, test, sizes, (0.0, 1.0), args.epochs, args.seed))
     joint = roc_auc_score(test["like"], _train(train, test, sizes, (1.0, 1.0), args.epochs, args.seed))
     result = {

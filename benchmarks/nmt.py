@@ -38,14 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_dataset(cfg: Config, root: Path) -> str:
     from nmtrec.components.generate.synthetic import SyntheticSpec, generate
     from nmtrec.components.preprocess.from_config import preprocess_from_config
-    from nmtrec.pipelines.pipeline import data_config_json
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
     if cfg.data.source == "synthetic":
         csv = root / "data.csv"
         generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), csv)
     else:
         csv = Path(cfg.data.path)
-    preprocess_from_config(data_config_json(cfg), str(csv), str(root / "dataset"))
+    preprocess_from_config(step_inputs_json(cfg, Step("preprocess")), str(csv), str(root / "dataset"))
     return str(root / "dataset")
 
 
@@ -59,10 +59,10 @@ def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) ->
         start = time.time()
         meta = run_stage(cfg.updated(seed=seed), 1, dataset, out, first)
         test, _ = evaluate_checkpoint(out, dataset)
-        s = meta["stages"][-1]
-        runs.append({"seed": seed, "test_auc": test["auc"], "valid_auc": s["valid_auc"],
-                     "lambda_final": s["lambda_final"], "epochs": s["epochs"], "seconds": time.time() - start,
-                     "audit_passed": not any(a["breach"] for a in s["constraint_audit"])})
+        s = meta.stages[-1]
+        runs.append({"seed": seed, "test_auc": test["auc"], "valid_auc": s.valid_auc,
+                     "lambda_final": s.lambda_final, "epochs": s.epochs, "seconds": time.time() - start,
+                     "audit_passed": not any(a["breach"] for a in s.constraint_audit)})
     mean = {k: {t: float(np.mean([r[k][t] for r in runs])) for t in cfg.tasks} for k in ("test_auc", "valid_auc")}
     return {**mean, "test_auc_sd": {t: float(np.std([r["test_auc"][t] for r in runs])) for t in cfg.tasks},
             "audit_passed": all(r["audit_passed"] for r in runs), "seconds": sum(r["seconds"] for r in runs),

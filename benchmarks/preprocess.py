@@ -50,7 +50,7 @@ def _child(kind: str, csv: str, out: str, workers: int, chunk_mib: int) -> None:
                               chunk_bytes=chunk_mib << 20, num_workers=workers)
         start = time.perf_counter()
         fs = run_preprocess(csv, out, spec)
-        rows = fs["rows_read"]
+        rows = fs.rows_read
     print(json.dumps({"seconds": time.perf_counter() - start, "rows": rows}))
 
 

@@ -83,11 +83,11 @@ def _cpu() -> float:
 def _one_stage(cfg, stage: int, kfp_root: Path, out: Path) -> None:
     """The new stage as a pipeline step runs it (a fresh process through the stage entry point), on the
     first run's dataset and last checkpoint."""
-    from nmtrec.pipelines.pipeline import stage_config_json
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
     dataset = _only(kfp_root.glob("*/preprocess-*/dataset"))
     previous = _only(kfp_root.glob(f"*/train-stage{'' if stage == 1 else f'-{stage}'}/checkpoint"))
-    subprocess.run([sys.executable, "-m", "nmtrec.components.train.launch", stage_config_json(cfg, stage), str(stage),
+    subprocess.run([sys.executable, "-m", "nmtrec.components.train.launch", step_inputs_json(cfg, Step("stage", stage)), str(stage),
                     str(dataset), str(out / "checkpoint"), str(previous)], check=True)
 
 

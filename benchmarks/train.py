@@ -33,11 +33,14 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-peer", action="store_true", help="ours and the ceiling only")
 
 
-def feature_spec(users: int, items: int) -> dict:
+def feature_spec(users: int, items: int):
+    from nmtrec.components.common.feature_spec import FeatureSpec
+
     vocab = {"user_id": users, "item_id": items, "video_category": 40, "gender": 4, "age": 9}
-    return {"sparse": {f: {"table": f} for f in FEATURES},
-            "bags": {"hist": {"table": "item_id", "columns": [f"hist_{i}" for i in range(1, HIST_LEN + 1)]}},
-            "tables": {f: {"vocab_size": v} for f, v in vocab.items()}, "labels": ["like", "click"]}
+    return FeatureSpec.from_dict({
+        "sparse": {f: {"table": f} for f in FEATURES},
+        "bags": {"hist": {"table": "item_id", "columns": [f"hist_{i}" for i in range(1, HIST_LEN + 1)]}},
+        "tables": {f: {"vocab_size": v} for f, v in vocab.items()}, "labels": ["like", "click"]})
 
 
 def model_config():
@@ -47,13 +50,13 @@ def model_config():
                        gate_dims=[], tower_dims=[128, 64], embedding_l2=1e-6)
 
 
-def synthetic_batches(spec: dict, batch: int, count: int, seed: int = 0):
+def synthetic_batches(spec, batch: int, count: int, seed: int = 0):
     """`count` batches of ids as numpy arrays: single ids [B, 5], hist [B, 10] (0 = padding), labels [B, 2]."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        single = np.stack([rng.integers(1, spec["tables"][f]["vocab_size"], batch) for f in FEATURES], axis=1)
-        hist = rng.integers(1, spec["tables"]["item_id"]["vocab_size"], (batch, HIST_LEN))
+        single = np.stack([rng.integers(1, spec.tables[f].vocab_size, batch) for f in FEATURES], axis=1)
+        hist = rng.integers(1, spec.tables["item_id"].vocab_size, (batch, HIST_LEN))
         hist[rng.random((batch, HIST_LEN)) < 0.3] = 0  # some empty slots
         labels = (rng.random((batch, 2)) < 0.3).astype(np.float32)
         out.append((single, hist, labels))
@@ -105,9 +108,9 @@ def setup_peer(spec, data):
     from torch_rechub.models.multi_task import MMOE
 
     cfg = model_config()
-    feats = [SparseFeature(f, vocab_size=spec["tables"][f]["vocab_size"], embed_dim=cfg.embedding_dim)
+    feats = [SparseFeature(f, vocab_size=spec.tables[f].vocab_size, embed_dim=cfg.embedding_dim)
              for f in FEATURES]
-    feats.append(SequenceFeature("hist", vocab_size=spec["tables"]["item_id"]["vocab_size"],
+    feats.append(SequenceFeature("hist", vocab_size=spec.tables["item_id"].vocab_size,
                                  embed_dim=cfg.embedding_dim, pooling="mean", shared_with="item_id"))
     torch.manual_seed(0)
     model = MMOE(feats, ["classification", "classification"], n_expert=cfg.num_experts,

@@ -119,3 +119,32 @@ class MultiTaskModel(nn.Module):
     def represent(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         """One representation [B, D] per head."""
         raise NotImplementedError
+
+    # -- which parameters are a task's own (a stage appends a task to a trained model) ---------------
+    def per_head_modules(self) -> dict[str, nn.ModuleList]:
+        """Module lists indexed by head, by state-dict prefix: entry h belongs to head h alone.
+        Architectures with per-head parts besides the towers (gates) extend this."""
+        return {"towers": self.towers}
+
+    def per_head_rows(self, head: int) -> dict[str, slice]:
+        """Tensors shared in storage whose rows (dim 0) `slice` belong to head `head`, in head order
+        (a new head's rows come last). None here; PLE's expert banks and shared gates have them."""
+        return {}
+
+    def task_state_keys(self, task: int) -> set[str]:
+        """State-dict keys of the tensors only task `task` uses (its tower, its gates): exactly the keys a
+        model of tasks[:task] lacks. Empty with a shared head (`shared_score`: no task has its own)."""
+        if self.head != "towers":
+            return set()
+        return {f"{prefix}.{task}.{k}" for prefix, heads in self.per_head_modules().items()
+                for k in heads[task].state_dict()}
+
+    def task_rows(self, task: int) -> dict[str, slice]:
+        """{state-dict key: rows along dim 0 that belong to task `task`} of tensors shared in storage
+        (PLE's task-specific experts in a level's bank and their scores in its shared gate); appending
+        a task appends its rows. Empty with a shared head."""
+        return self.per_head_rows(task) if self.head == "towers" else {}
+
+    def grows_with_tasks(self) -> set[str]:
+        """Keys of the tensors whose dim 0 grows when a task is appended."""
+        return set(self.task_rows(self.num_tasks - 1)) if self.num_tasks else set()

@@ -13,6 +13,9 @@ class MMoE(MultiTaskModel):
         self.gates = nn.ModuleList(Gate(self.input_dim, list(gate_dims), num_experts) for _ in range(self.num_heads))
         self.build_towers(self.experts.out_dim)
 
+    def per_head_modules(self):
+        return {**super().per_head_modules(), "gates": self.gates}
+
     def represent(self, x):
         experts = self.experts(x)  # [E, B, D]
         return [mix(gate(x), experts) for gate in self.gates]

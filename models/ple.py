@@ -48,6 +48,20 @@ class PLE(MultiTaskModel):
             for i in range(levels))
         self.build_towers(out_dim)
 
+    def per_head_modules(self):
+        return {**super().per_head_modules(), **{f"levels.{i}.gates": level.gates for i, level in enumerate(self.levels)}}
+
+    def per_head_rows(self, head):
+        """Head h's task-specific experts in each level's bank, and their logits in the shared gate."""
+        out = {}
+        for i, level in enumerate(self.levels):
+            rows = slice(level.shared + head * level.specific, level.shared + (head + 1) * level.specific)
+            keys = [f"experts.{k}" for k in level.experts.state_dict()]
+            if level.shared_gate is not None:
+                keys += [f"shared_gate.out.{k}" for k in level.shared_gate.out.state_dict()]
+            out.update({f"levels.{i}.{k}": rows for k in keys})
+        return out
+
     def represent(self, x):
         inputs, shared = [x] * self.num_heads, x
         for level in self.levels:

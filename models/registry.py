@@ -5,7 +5,7 @@ from nmtrec.models.mmoe import MMoE
 from nmtrec.models.omoe import OMoE
 from nmtrec.models.ple import PLE
 from nmtrec.models.shared_bottom import SharedBottom
-from nmtrec.models.sparse import build_ebc, check_spec, feature_names
+from nmtrec.models.sparse import FeatureLayout, build_ebc, check_spec, feature_names
 
 ARCHITECTURES = {"shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "ple": PLE}
 
@@ -22,8 +22,9 @@ def arch_kwargs(model_cfg) -> dict:
     return common
 
 
-def build_model(model_cfg, feature_spec: dict, num_tasks: int, device="meta", features_cfg=None):
-    """The unsharded model; the embedding tables live on `device` (meta: DMP materialises them)."""
+def build_model(model_cfg, feature_spec: FeatureLayout, num_tasks: int, device="meta", features_cfg=None):
+    """The unsharded model; the embedding tables live on `device` (meta: DMP materialises them).
+    `feature_spec`: the dataset's FeatureSpec (components/common/feature_spec.py) or anything shaped alike."""
     if features_cfg is not None:
         check_spec(feature_spec, features_cfg)
     ebc = build_ebc(feature_spec, model_cfg.embedding_dim, device)

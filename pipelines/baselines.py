@@ -11,18 +11,19 @@ from kfp import dsl
 
 from nmtrec.components.common.methods import is_joint
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
 # joint baselines trained at once (kfp.local caps a ParallelFor at 2 workers as well)
 PARALLELISM = 2
 
 
-def add_methods(cfg: Config, train_stage_op, train_joint_op, dataset, first_stage, stage_config_json):
+def add_methods(cfg: Config, train_stage_op, train_joint_op, dataset, first_stage):
     """Add the baseline steps; return (famo+nmt final checkpoint or None, collected joint checkpoints or None)."""
     famo_nmt = None
     if "famo+nmt" in cfg.methods and len(cfg.tasks) > 1:
         previous = first_stage
         for k in range(1, len(cfg.tasks)):
-            step = train_stage_op(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset,
+            step = train_stage_op(config_json=step_inputs_json(cfg, Step("stage", k)), stage=k, dataset=dataset,
                                   previous=previous, method="famo+nmt")
             step.set_display_name(f"famo-nmt-stage-{k + 1}-{cfg.tasks[k]}")
             previous = step.outputs["checkpoint"]
@@ -30,7 +31,7 @@ def add_methods(cfg: Config, train_stage_op, train_joint_op, dataset, first_stag
     joint = [m for m in cfg.methods if is_joint(m)]
     if not joint:
         return famo_nmt, None
-    joint_json = cfg.model_copy(update={"name": "", "methods": ["nmt"]}).to_json()
+    joint_json = step_inputs_json(cfg, Step("joint"))
     with dsl.ParallelFor(items=joint, parallelism=PARALLELISM) as method:
         step = train_joint_op(config_json=joint_json, method=method, dataset=dataset)
         step.set_display_name("joint-baseline")

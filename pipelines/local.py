@@ -7,8 +7,8 @@ run (another output directory, one more task) reuses every step whose inputs and
 from __future__ import annotations
 
 import logging
+import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,8 @@ from pathlib import Path
 from kfp import local
 
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.files import copy_file_atomic
+from nmtrec.components.common.step_inputs import RUN_SETTINGS_ENV, run_settings_json
 from nmtrec.pipelines.pipeline import build_pipeline
 
 CACHE_DIR = ".kfp-cache"
@@ -56,18 +58,23 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     level = root.level
     root.addHandler(hits)
     root.setLevel(logging.INFO)
+    # each step's subprocess inherits the run settings; kfp.local's cache key covers only task env vars
+    saved = os.environ.get(RUN_SETTINGS_ENV)
+    os.environ[RUN_SETTINGS_ENV] = run_settings_json(cfg)
     began = time.perf_counter()
     try:
         task = pipeline()
     finally:
         root.removeHandler(hits)
         root.setLevel(level)
+        if saved is None:
+            os.environ.pop(RUN_SETTINGS_ENV, None)
+        else:
+            os.environ[RUN_SETTINGS_ENV] = saved
     seconds = time.perf_counter() - began
     for key, name in (("html", "report.html"), ("report", "report.json")):  # report.json last: it marks done
         dest = output / name
-        tmp = dest.with_name(name + ".tmp")
-        shutil.copyfile(Path(task.outputs[key].path), tmp)
-        tmp.replace(dest)
+        copy_file_atomic(Path(task.outputs[key].path), dest)
     spec_tasks = _task_names(pipeline)
     steps = {name: ("cached" if name in hits.tasks else "ran") for name in spec_tasks}
     stages = pipeline.stage_tasks

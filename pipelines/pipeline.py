@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact
+from kfp.dsl import HTML, Artifact, pipeline_context
 
 from nmtrec.components.evaluate.component import evaluate, evaluate_all
 from nmtrec.components.generate.component import generate_synthetic
@@ -20,6 +20,7 @@ from nmtrec.components.train.joint_component import train_joint
 from nmtrec.components.train.trainjob_component import train_stage_trainjob
 from nmtrec.pipelines import reuse
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.step_inputs import RUN_SETTINGS_ENV, Step, run_settings_json, step_inputs_json
 from nmtrec.pipelines.baselines import add_methods
 from nmtrec.pipelines.resources import apply_cluster
 
@@ -48,21 +49,11 @@ def make_ops(image: str = DEFAULT_IMAGE, train_image: str | None = None) -> Ops:
                op(evaluate), op(train_joint, train), op(evaluate_all), op(train_stage_trainjob))
 
 
-def data_config_json(cfg: Config) -> str:
-    """What preprocessing depends on (not tasks, model or training)."""
-    return cfg.model_copy(update={"name": "", "tasks": ["-"], "methods": ["nmt"], "model": type(cfg.model)(),
-                                  "train": type(cfg.train)(), "nmt": type(cfg.nmt)(), "cluster": None}).to_json()
-
-
-def stage_config_json(cfg: Config, stage: int) -> str:
-    """What stage k depends on: tasks[:k+1] and everything but the run name, the compared methods, the
-    cluster section and train.retries (with GPUs, the processes per pod: train.nproc = cluster.gpus)."""
-    train = {"retries": 0}  # how often a step is retried is not what it computes
-    if cfg.cluster is not None and cfg.cluster.gpus:
-        train["nproc"] = cfg.cluster.gpus
-    update = {"name": "", "tasks": cfg.tasks[:stage + 1], "methods": ["nmt"], "cluster": None,
-              "train": cfg.train.model_copy(update=train)}
-    return cfg.model_copy(update=update).to_json()
+def _set_env(name: str, value: str) -> None:
+    """On every task: KFP's cache key on a cluster does not cover a task's environment."""
+    for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+        if task.container_spec is not None:
+            task.set_env_variable(name, value)
 
 
 def pipeline_name(cfg: Config) -> str:
@@ -83,12 +74,13 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
     @dsl.pipeline(name=pipeline_name(cfg), description=f"NMT staged training of {' > '.join(cfg.tasks)}",
                   pipeline_root=cc.pipeline_root if cc and not local else None)
     def nmt_pipeline() -> NamedTuple("Outputs", [("report", Artifact), ("html", HTML)]):
-        data_json = data_config_json(cfg)
+        prep_json = step_inputs_json(cfg, Step("preprocess"))
         if cfg.data.source == "synthetic":
-            raw = ops.generate(config_json=data_json).set_display_name("generate-synthetic")
-            prep = ops.preprocess_dataset(config_json=data_json, raw=raw.outputs["raw"])
+            raw = ops.generate(config_json=step_inputs_json(cfg, Step("generate")))
+            raw.set_display_name("generate-synthetic")
+            prep = ops.preprocess_dataset(config_json=prep_json, raw=raw.outputs["raw"])
         else:
-            prep = ops.preprocess_file(config_json=data_json, source_path=cfg.data.path)
+            prep = ops.preprocess_file(config_json=prep_json, source_path=cfg.data.path)
         prep.set_display_name("preprocess")
         dataset = prep.outputs["dataset"]
         previous = first_stage = None
@@ -99,27 +91,25 @@ def build_pipeline(cfg: Config, image: str | None = None, *, local: bool = False
             first = start.stages_done
         for k in range(first, len(cfg.tasks)):
             inputs = {"previous": previous} if previous is not None else {}
-            if multi_node:
-                step = ops.train_stage_trainjob(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset,
-                                                cluster_json=cc.model_dump_json(), run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                                **inputs)
-            else:
-                step = ops.train_stage(config_json=stage_config_json(cfg, k), stage=k, dataset=dataset, **inputs)
+            op = ops.train_stage_trainjob if multi_node else ops.train_stage
+            step = op(config_json=step_inputs_json(cfg, Step("stage", k)), stage=k, dataset=dataset, **inputs)
             step.set_display_name(f"stage-{k + 1}-{cfg.tasks[k]}")
             stage_tasks[step.name] = f"stage-{k + 1}-{cfg.tasks[k]}"
             if cfg.train.retries:  # a retried step resumes from its last checkpoint (cluster.retries overrides)
                 step.set_retry(num_retries=cfg.train.retries, backoff_duration="30s")
             previous = step.outputs["checkpoint"]
             first_stage = first_stage or previous
-        famo_nmt, joint = add_methods(cfg, ops.train_stage, ops.train_joint, dataset, first_stage, stage_config_json)
+        famo_nmt, joint = add_methods(cfg, ops.train_stage, ops.train_joint, dataset, first_stage)
         ev_inputs = {"famo_nmt": famo_nmt} if famo_nmt is not None else {}
         ev_op = ops.evaluate if joint is None else ops.evaluate_all
         if joint is not None:
             ev_inputs["joint"] = joint
-        ev = ev_op(config_json=cfg.model_copy(update={"name": "", "cluster": None}).to_json(), dataset=dataset,
+        ev = ev_op(config_json=step_inputs_json(cfg, Step("evaluate")), dataset=dataset,
                    checkpoint=previous, first_stage=first_stage, **ev_inputs).set_display_name("evaluate")
-        if local:
-            reuse.key_by_code()
+        if local:  # run_local hands the run settings to its subprocesses (outside the cache key)
+            reuse.key_by_code(ops)
+        else:
+            _set_env(RUN_SETTINGS_ENV, run_settings_json(cfg))
         apply_cluster(cc)
         outputs = NamedTuple("Outputs", [("report", Artifact), ("html", HTML)])
         return outputs(report=ev.outputs["report"], html=ev.outputs["html"])

@@ -1,10 +1,11 @@
 """Stage reuse when a lower-priority objective is appended to the task list.
 
 Two ways to skip stages 1..k that an earlier run already trained:
-- caching: each stage's inputs are only what it depends on (tasks[:k+1], data, model, training; never
-  the run name or the cluster section), so KFP's cache, and kfp.local's opt-in cache for local runs,
-  hit for stages 1..k. Locally the cache key also covers a digest of the source files each step
-  imports (on a cluster the image tag plays that part).
+- caching: each step's inputs are only what it depends on (components/common/step_inputs.py: stage k
+  reads tasks[:k+1], model, training and NMT settings, never run-only settings), so KFP's cache, and
+  kfp.local's opt-in cache for local runs, hit for stages 1..k. Locally the cache key also covers a
+  digest of every project module the step's component reaches through its imports (on a cluster the
+  image tag plays that part).
 - `--from-checkpoint URI`: a dsl.importer brings an earlier run's stage-k artifact in and the
   pipeline starts at stage k+1. The stage checks task order and model hash and refuses a mismatch.
 """
@@ -18,37 +19,26 @@ from kfp import dsl
 from kfp.dsl import pipeline_context
 
 from nmtrec.components.common.config import Config, ConfigError
+from nmtrec.pipelines.import_graph import module_files, reachable
 
-ROOT = Path(__file__).resolve().parents[1]
 CODE_ENV = "NMTREC_CODE_DIGEST"
-_COMMON = ["components/common/config.py", "components/common/cluster.py", "components/common/logs.py"]
-# the sources each step kind imports (unknown kinds: all of components/ and models/)
-_CODE = {
-    "generate": ["components/generate"],
-    "preprocess": ["components/preprocess"],
-    "train": ["components/train", "models"],
-    "trainjob": ["components/train", "models", "components/train/trainjob.py"],
-    "evaluate": ["components/evaluate", "components/train", "models"],
-}
 
 
-def code_digest(kind: str) -> str:
+def code_digest(module: str) -> str:
+    """sha256 of every nmtrec module `module` can reach through its imports (import_graph.py)."""
+    files = module_files()
     h = hashlib.sha256()
-    for rel in _COMMON + _CODE.get(kind, ["components", "models"]):
-        path = ROOT / rel
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            if f.is_file():
-                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for name in reachable(module):
+        h.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def key_by_code() -> None:
-    """Put each task's source digest into its environment: kfp.local's cache key covers env vars."""
-    from nmtrec.pipelines.resources import step_kind
-
+def key_by_code(ops) -> None:
+    """Put each task's source digest into its environment: kfp.local's cache key covers a task's env vars."""
+    modules = {op.component_spec.name: op.python_func.__module__ for op in vars(ops).values() if op is not None}
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         if task.container_spec is not None:
-            task.set_env_variable(CODE_ENV, code_digest(step_kind(task.component_spec.name)))
+            task.set_env_variable(CODE_ENV, code_digest(modules[task.component_spec.name]))
 
 
 @dataclass(frozen=True)
@@ -88,9 +78,11 @@ def _resolve_one(cfg: Config, uri: str, stages_done: int | None, flag: str) -> S
             meta = read_meta(path)
         except CheckpointError as e:
             raise ConfigError(f"{flag}: {e}") from None
-        k = len(meta.get("tasks", []))
+        if meta.is_joint:
+            raise ConfigError(f"{flag} {uri}: holds the joint-training baseline {meta.method!r}, not an NMT stage")
+        k = len(meta.tasks)
         if stages_done is not None and stages_done != k:
-            raise ConfigError(f"{flag} {uri}: holds stage {k} ({meta.get('tasks')}), not stage {stages_done}")
+            raise ConfigError(f"{flag} {uri}: holds stage {k} ({meta.tasks}), not stage {stages_done}")
         if k >= len(cfg.tasks):
             raise ConfigError(f"{flag} {uri}: already covers all tasks {cfg.tasks}: nothing left to train")
         try:

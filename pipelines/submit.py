@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 from nmtrec.components.common.config import Config, ConfigError
+from nmtrec.components.common.files import atomic_file
 
 
 class SubmitError(RuntimeError):
@@ -18,9 +19,8 @@ def compile_package(cfg: Config, path: str | Path, image: str | None = None, sta
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.yaml")
-    compiler.Compiler().compile(build_pipeline(cfg, image, start=start), str(tmp))
-    tmp.replace(path)
+    with atomic_file(path, suffix=".tmp.yaml") as tmp:  # the compiler picks the format by the extension
+        compiler.Compiler().compile(build_pipeline(cfg, image, start=start), str(tmp))
     return path
 
 

@@ -46,9 +46,9 @@ def tiny_dataset(tmp_path_factory, tiny_cfg):
     """Synthetic CSV -> Beam preprocess, once per test session."""
     from nmtrec.components.generate.synthetic import SyntheticSpec, generate
     from nmtrec.components.preprocess.from_config import preprocess_from_config
-    from nmtrec.pipelines.pipeline import data_config_json
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
     root = tmp_path_factory.mktemp("tiny")
     generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv")
-    preprocess_from_config(data_config_json(tiny_cfg), str(root / "data.csv"), str(root / "dataset"))
+    preprocess_from_config(step_inputs_json(tiny_cfg, Step("preprocess")), str(root / "data.csv"), str(root / "dataset"))
     return root

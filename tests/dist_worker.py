@@ -3,7 +3,6 @@ and write every validation row's prediction (rank 0) to an .npy file.
 
     python -m torch.distributed.run --standalone --nproc_per_node=N tests/dist_worker.py CONFIG_JSON DATASET CKPT OUT [CKPT OUT ...]
 """
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.data import eval_batches, load_split
 from nmtrec.components.train.distributed import init_process_group, shard
@@ -30,7 +30,7 @@ def predictions(model, cols, batch_size: int) -> np.ndarray | None:
 
 
 def sharded_predictions(cfg: Config, dataset: str, ckpt: str) -> np.ndarray | None:
-    spec = json.loads((Path(dataset) / "feature_spec.json").read_text())
+    spec = FeatureSpec.read(dataset)
     device = init_process_group()
     torch.manual_seed(123)  # deliberately another init: everything must come from the checkpoint
     model = build_model(cfg.model, spec, len(cfg.tasks))

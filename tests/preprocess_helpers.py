@@ -19,21 +19,16 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def ref_uniform(offset: int, seed: int, salt: int) -> float:
-    """The draw documented in components/preprocess/draws.py, with Python ints."""
-    h = _mix(_mix((seed * (1 << 32) + salt) & M) ^ offset)
+def ref_uniform(line: int, seed: int, salt: int) -> float:
+    """The draw documented in components/preprocess/draws.py, with Python ints (key: line number)."""
+    h = _mix(_mix((seed * (1 << 32) + salt) & M) ^ line)
     return (h >> 11) * 2.0**-53
 
 
-def line_offsets(path: Path, header: bool = True) -> list[int]:
-    """Byte offset of every non-empty data line."""
-    out, pos = [], 0
+def line_numbers(path: Path, header: bool = True) -> list[int]:
+    """1-based line number (header and blank lines counted) of every non-empty data line."""
     with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            if line.strip() and not (header and i == 0):
-                out.append(pos)
-            pos += len(line)
-    return out
+        return [i + 1 for i, line in enumerate(f) if line.strip() and not (header and i == 0)]
 
 
 def read_rows(path: Path, delimiter: str = ",", header: bool = True) -> tuple[list[str], list[list]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmtrec.components.common.manifest import StageManifest, read_history
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.stage import run_stage
 from conftest import tiny_config
@@ -126,13 +127,13 @@ def test_kill_9_mid_stage_resumes_to_the_uninterrupted_result(tiny_dataset, tmp_
     resumed = int(log.split("at step ")[1].split()[0])
     assert killed_at <= resumed < killed_at + train["checkpoint_every"] + 1  # lost at most one interval
     meta = checkpoint.read_meta(tmp_path / "out")
-    steps = meta["stages"][0]["history"]["step"]
+    steps = read_history(tmp_path / "out", meta.stages[0])["step"]
     assert steps == list(range(1, len(steps) + 1))  # the counter continued, no step twice or missing
-    assert steps == reference["stages"][0]["history"]["step"]
+    assert steps == read_history(tmp_path / "ref", reference.stages[0])["step"]
     a = torch.load(tmp_path / "out" / checkpoint.UNSHARDED, weights_only=True)
     b = torch.load(tmp_path / "ref" / checkpoint.UNSHARDED, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-exact: same data order, states restored
-    assert meta["frozen_optima"] == reference["frozen_optima"]
+    assert meta.frozen_optima == reference.frozen_optima
     assert not any((tmp_path / "resume").iterdir())  # resume state removed once the stage is done
 
 
@@ -153,7 +154,7 @@ def test_next_stage_keeps_saved_experts_and_adds_new_task_parts(tmp_path):
         return shard(build_model(cfg, SPEC, tasks), device, TrainConfig(), seed=seed)[0]
 
     one = sharded(1, 0)
-    checkpoint.save(tmp_path / "s1", one, {"tasks": ["a"]})
+    checkpoint.save(tmp_path / "s1", one, StageManifest(tasks=["a"], stage=0, task="a", model_hash="-", config={}))
     saved = checkpoint.unsharded_state_dict(one)
     two = sharded(2, 1)
     fresh = checkpoint.unsharded_state_dict(two)

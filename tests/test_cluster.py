@@ -1,5 +1,7 @@
 """The `cluster` section lands in the compiled pipeline YAML (resources, GPUs, /dev/shm, scheduling,
 retries, pipeline root) and bad values fail with the key named."""
+import json
+
 import pytest
 import yaml
 
@@ -61,7 +63,9 @@ def test_three_task_gpu_config_compiles_to_chained_gpu_stages(tmp_path):
         assert dag[t]["retryPolicy"]["backoffDuration"] == "30s"
         # the stage's config input carries neither the cluster section nor the run name; nproc = gpus
         stage_cfg = yaml.safe_load(dag[t]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"])
-        assert stage_cfg["cluster"] is None and stage_cfg["name"] == "" and stage_cfg["train"]["nproc"] == 4
+        assert stage_cfg["cluster"] is None and stage_cfg["name"] == "nmtrec" and stage_cfg["train"]["nproc"] == 1
+        settings = json.loads(next(e["value"] for e in executor(spec, t)[0]["env"] if e["name"] == "NMTREC_RUN_SETTINGS"))
+        assert settings["train.nproc"] == 4  # one process per GPU, a run setting
     # non-train steps: CPU image, default resources, no GPU, no /dev/shm, no retries
     container, k8s = executor(spec, "preprocess-dataset")
     assert container["image"] == "reg.example.com/nmtrec-cpu:1"
@@ -91,8 +95,10 @@ def test_multi_node_config_submits_trainjobs(tmp_path):
     assert "accelerator" not in container.get("resources", {})
     assert k8s["pvcMount"][0]["constant"] == "nmtrec-rwx" and k8s["pvcMount"][0]["mountPath"] == "/mnt/shared"
     assert dag["train-stage-trainjob"]["retryPolicy"]["maxRetryCount"] == 3
-    cluster = yaml.safe_load(dag["train-stage-trainjob"]["inputs"]["parameters"]["cluster_json"]["runtimeValue"]["constant"])
-    assert cluster["nodes"] == 2 and cluster["gpus"] == 4
+    # the cluster section reaches the step with the run settings, outside its inputs (cache key)
+    assert set(dag["train-stage-trainjob"]["inputs"]["parameters"]) == {"config_json", "stage"}
+    settings = json.loads(next(e["value"] for e in container["env"] if e["name"] == "NMTREC_RUN_SETTINGS"))
+    assert settings["cluster"]["nodes"] == 2 and settings["cluster"]["gpus"] == 4 and settings["train.nproc"] == 4
 
 
 @pytest.mark.parametrize("cluster, key, words", [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from nmtrec.components.common.manifest import read_history
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.launch import train_stage_main
 from conftest import tiny_config
@@ -28,7 +29,9 @@ def dist_config(sharding: str, nproc: int):
 def plain_model(cfg, dataset: Path, ckpt: Path):
     from nmtrec.models.registry import build_model
 
-    spec = json.loads((dataset / "feature_spec.json").read_text())
+    from nmtrec.components.common.feature_spec import FeatureSpec
+
+    spec = FeatureSpec.read(dataset)
     model = build_model(cfg.model, spec, len(cfg.tasks[:1]), device="cpu")
     checkpoint.load_unsharded(ckpt, model)
     return model.eval(), spec
@@ -64,7 +67,7 @@ def runs(tiny_dataset, tmp_path_factory):
         for nproc in (1, 2):
             cfg = dist_config(sharding, nproc)
             ckpt = root / f"{sharding}-{nproc}"
-            train_stage_main(cfg.to_json(), 0, data, str(ckpt), None)
+            train_stage_main(cfg, 0, data, str(ckpt), None)
             out[sharding, nproc] = ckpt
     return out
 
@@ -86,8 +89,9 @@ def test_two_processes_match_one_process(runs, sharding, tiny_dataset):
     if sharding == "column_wise":  # the columns of a table are really split across the processes
         assert any(len(v["shards"]) == 2 and {s["rank"] for s in v["shards"]} == {0, 1} for v in tables.values())
     m1, m2 = checkpoint.read_meta(runs[sharding, 1]), checkpoint.read_meta(runs[sharding, 2])
-    assert (m1["world_size"], m2["world_size"]) == (1, 2)
-    assert m1["stages"][0]["history"]["step"] == m2["stages"][0]["history"]["step"]
+    assert (m1.world_size, m2.world_size) == (1, 2)
+    assert (read_history(runs[sharding, 1], m1.stages[0])["step"]
+            == read_history(runs[sharding, 2], m2.stages[0])["step"])
 
 
 def test_reshard_two_to_one_and_one_to_two(runs, tiny_dataset, tmp_path):
@@ -218,4 +222,5 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     assert max(diffs.values()) < TOLERANCE, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
     rows = json.loads((tiny_dataset / "dataset" / "feature_spec.json").read_text())["splits"]["train"]["rows"]
     steps = rows // train["batch_size"]  # one epoch; training drops the tail that does not fill a batch
-    assert checkpoint.read_meta(tmp_path / "out")["stages"][0]["history"]["step"] == list(range(1, steps + 1))
+    meta = checkpoint.read_meta(tmp_path / "out")
+    assert read_history(tmp_path / "out", meta.stages[0])["step"] == list(range(1, steps + 1))

@@ -1,10 +1,10 @@
 """The held-out (validation) batches NMT's multipliers follow: fixed by the step, exact losses."""
-import json
 
 import numpy as np
 import pytest
 import torch
 
+from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.train.data import load_split
 from nmtrec.components.train.distributed import init_process_group
 from nmtrec.components.train.epochs import HeldOutStream, task_losses
@@ -20,7 +20,7 @@ class ConstantLogit(torch.nn.Module):
 @pytest.fixture(scope="module")
 def valid(tiny_dataset, tiny_cfg):
     init_process_group()
-    spec = json.loads((tiny_dataset / "dataset" / "feature_spec.json").read_text())
+    spec = FeatureSpec.read(tiny_dataset / "dataset")
     return load_split(str(tiny_dataset / "dataset"), spec, "valid", tiny_cfg.tasks)
 
 

@@ -6,12 +6,14 @@ from torchrec import KeyedJaggedTensor
 
 from nmtrec.models.registry import ARCHITECTURES, build_model
 from nmtrec.components.common.config import ModelConfig
+from nmtrec.components.common.feature_spec import FeatureSpec
 
-SPEC = {
+SPEC_JSON = {
     "sparse": {"user_id": {"table": "user_id"}, "item_id": {"table": "item_id"}},
     "bags": {"hist": {"table": "item_id", "columns": ["h1", "h2", "h3"]}},
     "tables": {"user_id": {"vocab_size": 20}, "item_id": {"vocab_size": 30}},
 }
+SPEC = FeatureSpec.from_dict(SPEC_JSON)
 ARCH_CFG = {
     "shared_bottom": {"expert_dims": [16, 8]},
     "omoe": {"num_experts": 3, "expert_dims": [16, 8], "gate_dims": [4]},
@@ -167,9 +169,9 @@ def test_paper_config_builds_every_architecture_at_paper_sizes(arch):
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
     assert cfg.train.batch_size == 4096 and cfg.model.embedding_l2 == 1e-6
-    spec = {**SPEC, "sparse": {f: {"table": f} for f in cfg.features.sparse},
-            "tables": {f: {"vocab_size": 50} for f in cfg.features.sparse}}
-    spec["bags"] = {"hist": {"table": "item_id", "columns": cfg.features.bags["hist"]}}
+    spec = FeatureSpec.from_dict({**SPEC_JSON, "sparse": {f: {"table": f} for f in cfg.features.sparse},
+                                  "tables": {f: {"vocab_size": 50} for f in cfg.features.sparse},
+                                  "bags": {"hist": {"table": "item_id", "columns": cfg.features.bags["hist"]}}})
     model = build_model(cfg.model.model_copy(update={"arch": arch}), spec, 2, device="cpu",
                         features_cfg=cfg.features)
     # output widths of the first three expert (or bottom) layers: [E, in, out] banks, [out, in] Linear
@@ -178,3 +180,42 @@ def test_paper_config_builds_every_architecture_at_paper_sizes(arch):
     assert widths[:3] == [512, 512, 512]
     towers = [p.shape[0] for n, p in model.named_parameters() if n.startswith("towers.0") and n.endswith("weight")]
     assert towers == [128, 64, 1]
+
+
+def _keys_and_shapes(arch: str, head: str, tasks: int) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in make(arch, head, tasks).state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CFG))
+@pytest.mark.parametrize("head", ["towers", "shared_score"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_task_hooks_name_exactly_what_appending_a_task_adds(arch, head, n):
+    """The model's own account of task-owned state (what checkpoint.load_into asks) equals the
+    difference between an n-task and an (n+1)-task model of the same config: new keys are the new
+    task's `task_state_keys`, tensors that change shape are `grows_with_tasks` and grow by its
+    `task_rows` along dim 0 only."""
+    small, big = _keys_and_shapes(arch, head, n), _keys_and_shapes(arch, head, n + 1)
+    model = make(arch, head, n + 1)
+    assert set(big) - set(small) == model.task_state_keys(n)
+    assert not set(small) - set(big)
+    grown = {k for k in small if small[k] != big[k]}
+    assert grown == model.grows_with_tasks() == set(model.task_rows(n))
+    for k in grown:
+        rows = model.task_rows(n)[k]
+        assert big[k][1:] == small[k][1:] and big[k][0] - small[k][0] == rows.stop - rows.start
+        assert rows.stop == big[k][0]  # the new task's rows come last
+    # every task's own keys are disjoint and exist
+    owned = [model.task_state_keys(t) for t in range(n + 1)]
+    assert all(o <= set(big) for o in owned)
+    assert sum(len(o) for o in owned) == len(set().union(*owned))
+    if head == "shared_score":
+        assert not any(owned) and not grown
+
+
+def test_ple_task_rows_are_the_task_specific_experts():
+    model = make("ple")  # 2 levels, 1 shared + 2 specific per task: bank rows [shared, t0, t0, t1, t1]
+    rows = model.task_rows(1)
+    assert rows["levels.1.experts.weights.0"] == slice(3, 5)
+    assert rows["levels.0.shared_gate.out.weight"] == slice(3, 5)
+    assert "levels.1.shared_gate.out.weight" not in rows  # the last level has no shared gate
+    assert {"towers.1.1.weight", "levels.0.gates.1.out.bias", "levels.1.gates.1.out.weight"} <= model.task_state_keys(1)

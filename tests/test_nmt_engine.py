@@ -36,11 +36,12 @@ def test_priority_property_primary_auc_kept(chain):
     nmt, meta = evaluate_checkpoint(str(root / "s2"), data)
     # NMT's stage 2 may not trade the primary task for the secondary one (fixed seed, tiny data)
     assert nmt["auc"]["click"] >= single["auc"]["click"] - 0.01
-    audit = meta["stages"][1]["constraint_audit"]
+    audit = meta.stages[1].constraint_audit
     assert [a["task"] for a in audit] == ["click"] and not audit[0]["breach"]
 
 
 def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
+    from nmtrec.components.common.manifest import read_history
     from nmtrec.components.train import checkpoint
     from nmtrec.components.train.stage import run_stage
 
@@ -51,7 +52,7 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
     meta["frozen_valid"]["click"] = 0.6543
     (tmp_path / "s1").mkdir()
     for f in (root / "s1").iterdir():
-        if f.name not in ("stage.json", checkpoint.MANIFEST):
+        if f.name not in ("stage.json", checkpoint.MANIFEST):  # histories/ too: a symlinked directory
             (tmp_path / "s1" / f.name).symlink_to(f)
     planted = tmp_path / "s1" / "stage.json"
     planted.write_text(json.dumps(meta))
@@ -60,19 +61,20 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
     (tmp_path / "s1" / checkpoint.MANIFEST).write_text(json.dumps(manifest))
     cfg1 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 1})})
     m2 = run_stage(cfg1, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
-    stage = m2["stages"][-1]
-    assert m2["frozen_optima"]["click"] == 0.4321
-    assert stage["tolerance"]["click"] == pytest.approx(0.01 * 0.4321)
-    assert stage["constraint_audit"][0]["frozen_valid_loss"] == 0.6543
+    stage = m2.stages[-1]
+    assert m2.frozen_optima["click"] == 0.4321
+    assert stage.tolerance["click"] == pytest.approx(0.01 * 0.4321)
+    assert stage.constraint_audit[0]["frozen_valid_loss"] == 0.6543
     # the default multipliers follow held-out batches towards the planted frozen *validation* loss, which
     # the model beats: the constraint is slack and lambda falls from its start of 1 ...
-    held = stage["history"]["held_out"]
-    assert len(held) == len(stage["history"]["step"]) and all(len(row) == 2 for row in held)
-    assert max(row[0] for row in held) < 0.6543 and stage["lambda_final"]["click"] < 1.0
+    history = read_history(tmp_path / "s2", stage)
+    held = history["held_out"]
+    assert len(held) == len(history["step"]) and all(len(row) == 2 for row in held)
+    assert max(row[0] for row in held) < 0.6543 and stage.lambda_final["click"] < 1.0
     # ... while the paper's form compares training batches with the planted (too low) training optimum
     on_train = cfg1.model_copy(update={"nmt": cfg1.nmt.model_copy(update={"constraint_data": "train"})})
     m3 = run_stage(on_train, 1, data, str(tmp_path / "s2t"), str(tmp_path / "s1"))
-    assert "held_out" not in m3["stages"][-1]["history"] and m3["stages"][-1]["lambda_final"]["click"] > 1.0
+    assert "held_out" not in read_history(tmp_path / "s2t", m3.stages[-1]) and m3.stages[-1].lambda_final["click"] > 1.0
 
 
 def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
@@ -85,7 +87,7 @@ def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
     data = str(tiny_dataset / "dataset")
     for k in range(3):
         meta = run_stage(cfg, k, data, str(tmp_path / f"s{k}"), str(tmp_path / f"s{k - 1}") if k else None)
-    audit = meta["stages"][-1]["constraint_audit"]
+    audit = meta.stages[-1].constraint_audit
     assert [a["task"] for a in audit] == ["click", "like"]
     labels, probs, _, _ = predict_checkpoint(str(tmp_path / "s2"), data, split="valid")
     assert probs.shape == labels.shape  # the single score serves every task

@@ -1,5 +1,8 @@
 """The KFP pipeline compiles and really runs end to end through kfp.local."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -44,19 +47,28 @@ def test_compile_demo_has_every_method_step(tmp_path):
     assert items == [m for m in cfg.methods if m in ("equal_weights", "famo") or m.startswith("weight_grid:")]
 
 
-def test_local_run_writes_report(tmp_path, capsys):
+def test_local_run_from_a_folder_with_decoy_packages(tmp_path):
+    """`nmtrec run` end to end (kfp.local), started from a folder that holds its own `models`,
+    `components` and `pipelines` packages: every step imports ours (nmtrec.*), not the user's."""
+    for name in ("models", "components", "pipelines"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('the user\'s own {name} was imported')\n")
+    nmtrec = [str(Path(sys.executable).with_name("nmtrec"))]
+    assert subprocess.run(nmtrec + ["--help"], cwd=tmp_path, capture_output=True).returncode == 0
     cfg = tiny_config(name="tiny-e2e", methods=["nmt", "single_task", "equal_weights"])
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(json.loads(cfg.to_json())))
-    assert main(["run", "--config", str(cfg_file), "--output", str(tmp_path / "out")]) == 0
+    done = subprocess.run(nmtrec + ["run", "--config", "tiny.yaml", "--output", "out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "was imported" not in done.stdout + done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tasks"] == ["like", "click"]
     assert set(report["methods"]["nmt"]["auc"]) == {"like", "click"}
     assert [s["task"] for s in report["stages"]] == ["like", "click"]
     assert set(report["methods"]) == {"nmt", "single_task", "equal_weights"}
     assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
-    out = capsys.readouterr().out
-    assert "equal_weights" in out and "report.html" in out
+    assert "equal_weights" in done.stdout and "report.html" in done.stdout
     # synthetic data carries its true probabilities through generate -> preprocess -> evaluate
     assert set(report["oracle_auc"]) == {"like", "click"}
 

@@ -5,7 +5,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from preprocess_helpers import decode, line_offsets, read_rows, ref_uniform
+from preprocess_helpers import decode, line_numbers, read_rows, ref_uniform
 
 SEED = 11
 CHECK = ["user_id", "item_id", "click", "like", "video_category"]
@@ -33,14 +33,14 @@ def _spec(**kw):
 def _reference(raw_csv, spec):
     """Per raw row: (split index or None if sampled out, row values), with the documented draws."""
     names, rows = read_rows(raw_csv)
-    offsets = line_offsets(raw_csv)
+    lines = line_numbers(raw_csv)
     click = names.index("click")
     pos = sum(r[click] for r in rows)
     keep_p = 1.0 if spec.negative_ratio is None else min(1.0, spec.negative_ratio * pos / (len(rows) - pos))
     out = []
-    for r, offset in zip(rows, offsets, strict=True):
-        kept = r[click] == 1 or ref_uniform(offset, spec.seed, 2) < keep_p
-        u = ref_uniform(offset, spec.seed, 1)
+    for r, line in zip(rows, lines, strict=True):
+        kept = r[click] == 1 or ref_uniform(line, spec.seed, 2) < keep_p
+        u = ref_uniform(line, spec.seed, 1)
         split = 0 if u < spec.split[0] else 1 if u < spec.split[0] + spec.split[1] else 2
         out.append((split if kept else None, r))
     return names, out
@@ -61,7 +61,7 @@ def test_split_matches_reference_disjoint_and_independent_of_chunking(raw_csv, t
     fs = run_preprocess(str(raw_csv), str(tmp_path / "a"), spec)
     for k, name in enumerate(SPLITS):
         assert decode(tmp_path / "a", name, CHECK) == _expected(names, ref, k), name
-    assert fs["splits"]["train"]["rows"] == sum(1 for s, _ in ref if s == 0)
+    assert fs.splits["train"].rows == sum(1 for s, _ in ref if s == 0)
     # the planted exact duplicates (5%) are kept as rows, each drawn on its own
     assert sum(sum(decode(tmp_path / "a", name, CHECK).values()) for name in SPLITS) == len(ref)
     assert len({tuple(r) for _, r in ref}) < len(ref)
@@ -84,11 +84,11 @@ def test_mtl_sampling_keeps_all_clicks_and_about_twice_as_many_negatives(raw_csv
     neg_total = len(ref) - pos
     kept_neg = sum(1 for s, r in ref if s is not None and r[click] == 0)
     out_clicks = sum(sum(pq.read_table(tmp_path / "s" / f).column("click").to_pylist())
-                     for s in fs["splits"].values() for f in s["files"])
+                     for s in fs.splits.values() for f in s.files)
     assert out_clicks == pos
     p = 2.0 * pos / neg_total
     assert abs(kept_neg - 2 * pos) < 4 * math.sqrt(neg_total * p * (1 - p))
-    assert fs["sampling"]["negative_keep_probability"] == pytest.approx(p)
+    assert fs.sampling.negative_keep_probability == pytest.approx(p)
 
 
 def test_vocab_min_count_oov_and_null(raw_csv, tmp_path):

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import tiny_config
 from nmtrec.pipelines.cli import main
-from nmtrec.pipelines.pipeline import data_config_json, stage_config_json
+from nmtrec.components.common.step_inputs import Step, step_inputs_json
 from nmtrec.pipelines.local import run_local
 
 SMALL = {"data": {"synthetic": {"rows": 3000, "users": 200, "items": 300}}, "train": {"max_epochs": 1}}
@@ -56,14 +56,14 @@ def test_appending_a_task_trains_only_the_new_stage(two_task_run, capsys):
 def test_cache_keys_follow_what_a_stage_depends_on():
     cfg = tiny_config(tasks=["like", "click"])
     more = cfg.model_copy(update={"tasks": ["like", "click", "share"], "name": "other"})
-    assert [stage_config_json(more, k) for k in (0, 1)] == [stage_config_json(cfg, k) for k in (0, 1)]
-    assert data_config_json(more) == data_config_json(cfg)
+    assert [step_inputs_json(more, Step("stage", k)) for k in (0, 1)] == [step_inputs_json(cfg, Step("stage", k)) for k in (0, 1)]
+    assert step_inputs_json(more, Step("preprocess")) == step_inputs_json(cfg, Step("preprocess"))
     # a reordered priority or another model changes stage 1's inputs: no stale reuse
     swapped = cfg.model_copy(update={"tasks": ["click", "like"]})
-    assert stage_config_json(swapped, 0) != stage_config_json(cfg, 0)
+    assert step_inputs_json(swapped, Step("stage", 0)) != step_inputs_json(cfg, Step("stage", 0))
     wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"embedding_dim": 32})})
-    assert stage_config_json(wider, 0) != stage_config_json(cfg, 0)
-    assert data_config_json(wider) == data_config_json(cfg)  # but the data is reused
+    assert step_inputs_json(wider, Step("stage", 0)) != step_inputs_json(cfg, Step("stage", 0))
+    assert step_inputs_json(wider, Step("preprocess")) == step_inputs_json(cfg, Step("preprocess"))  # but the data is reused
 
 
 @pytest.mark.slow

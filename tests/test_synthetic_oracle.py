@@ -7,7 +7,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 
-from preprocess_helpers import line_offsets, read_rows, ref_uniform
+from preprocess_helpers import line_numbers, read_rows, ref_uniform
 
 
 def _read(path):
@@ -44,7 +44,7 @@ def test_oracle_auc_matches_sklearn_on_raw_truth(tiny_cfg, tiny_dataset):
     report = oracle_report(ds, ["like", "click"])
     # reference: the test split picked from the raw CSV with the documented draw (plain Python)
     names, rows = read_rows(tiny_dataset / "data.csv")
-    in_test = np.array([ref_uniform(o, tiny_cfg.seed, 1) >= 0.9 for o in line_offsets(tiny_dataset / "data.csv")])
+    in_test = np.array([ref_uniform(n, tiny_cfg.seed, 1) >= 0.9 for n in line_numbers(tiny_dataset / "data.csv")])
     raw = {n: np.array([r[i] for r in rows]) for i, n in enumerate(names) if n in ("click", "like", "true_click", "true_like")}
     assert in_test.sum() == spec["splits"]["test"]["rows"]
     for task in ("like", "click"):

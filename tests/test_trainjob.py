@@ -184,7 +184,8 @@ def test_completed_job_without_checkpoint_fails(tmp_path):
         train_stage_on_trainjob(cc, "{}", 0, str(tmp_path / "ds"), str(tmp_path / "out"), None, "run-1",
                                 client=FakeTrainer(["Running", "Complete"]))
     # the dataset was staged on the shared volume for the job's nodes
-    assert (tmp_path / "shared" / "nmtrec" / "nmtrec-run-1" / "dataset" / "feature_spec.json").is_file()
+    datasets = list((tmp_path / "shared" / "nmtrec" / "datasets").iterdir())
+    assert len(datasets) == 1 and (datasets[0] / "feature_spec.json").is_file()
 
 
 def test_step_stages_inputs_on_the_shared_volume_and_returns_the_jobs_checkpoint(tmp_path):
@@ -221,16 +222,16 @@ def test_launch_command_trains_the_stage_like_a_single_process(tiny_cfg, tiny_da
     """The job's command, run as the torch-distributed runtime would on one node (PET_* variables),
     gives the same stage as the in-process reference."""
     from nmtrec.components.train.stage import run_stage
-    from nmtrec.pipelines.pipeline import stage_config_json
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
     data = str(tiny_dataset / "dataset")
     ref = run_stage(tiny_cfg, 0, data, str(tmp_path / "ref"))
-    cmd = launch_command(stage_config_json(tiny_cfg, 0), 0, data, str(tmp_path / "job"), None)
+    cmd = launch_command(step_inputs_json(tiny_cfg, Step("stage", 0)), 0, data, str(tmp_path / "job"), None)
     env = {**os.environ, "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0",
            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port())}
     cmd[0] = os.path.join(os.path.dirname(sys.executable), "torchrun")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads((tmp_path / "job" / "stage.json").read_text())
-    assert got["tasks"] == ["like"] and got["model_hash"] == ref["model_hash"]
-    assert got["frozen_optima"]["like"] == pytest.approx(ref["frozen_optima"]["like"], rel=1e-5)
+    assert got["tasks"] == ["like"] and got["model_hash"] == ref.model_hash
+    assert got["frozen_optima"]["like"] == pytest.approx(ref.frozen_optima["like"], rel=1e-5)

@@ -15,7 +15,7 @@ def _pad(metrics: dict, tasks: list[str]) -> dict:
 
 def evaluate_methods(dataset_dir: str, tasks: list[str], nmt: str, first_stage: str,
                      famo_nmt: str | None = None, joint: list[str] = ()) -> tuple[dict, dict, tuple]:
-    """Return ({method: metrics}, {method: checkpoint meta}, (labels, probs) of NMT for ROC curves)."""
+    """Return ({method: metrics}, {method: StageManifest}, (labels, probs) of NMT for ROC curves)."""
     methods, metas = {}, {}
     labels, probs, users, meta = predict_checkpoint(nmt, dataset_dir)
     methods["nmt"], metas["nmt"] = task_metrics(labels, probs, users, tasks), meta
@@ -26,10 +26,10 @@ def evaluate_methods(dataset_dir: str, tasks: list[str], nmt: str, first_stage: 
         methods["famo+nmt"], metas["famo+nmt"] = _one(famo_nmt, dataset_dir)
     for path in joint:
         m, meta = _one(path, dataset_dir)
-        methods[meta["method"]], metas[meta["method"]] = _pad(m, tasks), meta
+        methods[meta.method], metas[meta.method] = _pad(m, tasks), meta
     return methods, metas, nmt_pred
 
 
 def _one(ckpt: str, dataset_dir: str):
     labels, probs, users, meta = predict_checkpoint(ckpt, dataset_dir)
-    return task_metrics(labels, probs, users, meta["tasks"]), meta
+    return task_metrics(labels, probs, users, meta.tasks), meta

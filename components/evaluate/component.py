@@ -9,26 +9,24 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 def evaluate(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], first_stage: Input[Model],
              report: Output[Artifact], html: Output[HTML], metrics: Output[Metrics],
              roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
-    import json
-
-    from nmtrec.components.evaluate.report import write_outputs
     from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.common.step_inputs import runtime_config
+    from nmtrec.components.evaluate.report import write_outputs
 
     setup_logging()
     write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None, [],
-                  json.loads(config_json)["methods"], report.path, html.path, metrics, roc)
+                  runtime_config(config_json).methods, report.path, html.path, metrics, roc)
 
 
 def evaluate_all(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], first_stage: Input[Model],
                  joint: Input[List[Model]], report: Output[Artifact], html: Output[HTML], metrics: Output[Metrics],
                  roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
-    import json
-
-    from nmtrec.components.evaluate.report import write_outputs
     from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.common.step_inputs import runtime_config
+    from nmtrec.components.evaluate.report import write_outputs
 
     setup_logging()
     write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None,
-                  [m.path for m in joint], json.loads(config_json)["methods"], report.path, html.path, metrics, roc)
+                  [m.path for m in joint], runtime_config(config_json).methods, report.path, html.path, metrics, roc)
 
 

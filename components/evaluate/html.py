@@ -33,10 +33,10 @@ def _smooth(x: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(x, np.ones(window) / window, mode="valid")
 
 
-def stage_curves(stage: dict, tasks: list[str]) -> str:
+def stage_curves(stage: dict, hist: dict, tasks: list[str]) -> str:
     """Training loss of every task, the held-out loss of every constrained task against its frozen
-    validation value (when the multipliers followed held-out batches) and lambda over one stage's steps."""
-    hist = stage["history"]
+    validation value (when the multipliers followed held-out batches) and lambda over one stage's steps.
+    `stage`: the stage's summary in report.json; `hist`: its per-step history."""
     loss = np.asarray(hist["loss"], dtype=float)
     window = max(1, len(loss) // 50)
     held = np.asarray(hist.get("held_out", []), dtype=float)
@@ -122,9 +122,10 @@ def audit_table(stages: list[dict]) -> str:
             "<th>valid AUC</th><th>frozen AUC</th><th>final λ</th><th>audit</th></tr>" + "".join(rows) + "</table>")
 
 
-def render(report: dict, stages_with_history: list[dict], title: str = "nmtrec report") -> str:
+def render(report: dict, histories: list[dict | None], title: str = "nmtrec report") -> str:
+    """`histories`: each NMT stage's per-step history, in report["stages"] order (None: not available)."""
     tasks = report["tasks"]
-    curves = "".join(stage_curves(s, tasks) for s in stages_with_history[1:])
+    curves = "".join(stage_curves(s, h, tasks) for s, h in zip(report["stages"][1:], histories[1:]) if h)
     tradeoff = auc_tradeoff(report) if len(tasks) >= 2 else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 8px;text-align:right}}

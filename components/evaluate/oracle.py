@@ -4,12 +4,12 @@ It is the quality ceiling of any model on that data; report.json carries it as `
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.common.metrics import auc
 
 
@@ -30,9 +30,9 @@ def oracle_auc(test_table: pa.Table, truth: dict[str, str], tasks: list[str]) ->
 def oracle_report(dataset_dir: str | Path, tasks: list[str], split: str = "test") -> dict:
     """{"oracle_auc": {...}} when the dataset has true probabilities, else {}."""
     root = Path(dataset_dir)
-    spec = json.loads((root / "feature_spec.json").read_text())
-    truth = {t: c for t, c in spec.get("truth", {}).items() if t in tasks}
-    files = spec["splits"][split]["files"]
+    spec = FeatureSpec.read(root)
+    truth = {t: c for t, c in spec.truth.items() if t in tasks}
+    files = spec.split_files(split)
     if not truth or not files:
         return {}
     table = pa.concat_tables([pq.read_table(root / f, columns=list(truth) + list(truth.values())) for f in files])

@@ -1,9 +1,13 @@
 """report.json: every method's test metrics, the NMT stages with their frozen optima, final
-multipliers and constraint audits (shape in the README's 'Report' section)."""
+multipliers and constraint audits (shape in the README's 'Report' section).
+
+The HTML report's per-stage curves come from the final NMT artifact: it carries every stage's per-step
+history (`histories/stage-<k>.json`, named by each StageSummary; components/common/manifest.py)."""
 from __future__ import annotations
 
 import numpy as np
 
+from nmtrec.components.common.manifest import StageManifest
 from nmtrec.components.evaluate.compare import evaluate_methods
 from nmtrec.components.evaluate.oracle import oracle_report
 
@@ -11,16 +15,16 @@ STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "c
               "valid_loss", "valid_auc")
 
 
-def stage_summaries(meta: dict) -> list[dict]:
-    return [{k: s.get(k) for k in STAGE_KEYS} for s in meta["stages"]]
+def stage_summaries(meta: StageManifest) -> list[dict]:
+    return [{k: getattr(s, k) for k in STAGE_KEYS} for s in meta.stages or []]
 
 
 def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None = None,
                       joint: list[str] = (), method_order: list[str] | None = None) -> tuple[dict, dict, tuple]:
-    """Return (report, {method: checkpoint meta}, NMT test (labels, probs))."""
+    """Return (report, {method: StageManifest}, NMT test (labels, probs))."""
     from nmtrec.components.train.checkpoint import read_meta
 
-    tasks = read_meta(nmt)["tasks"]
+    tasks = read_meta(nmt).tasks
     methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
     if method_order:  # the config's order, then whatever else was evaluated
         methods = {k: methods[k] for k in [*method_order, *methods] if k in methods}
@@ -40,13 +44,15 @@ def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | 
 
     from sklearn.metrics import roc_curve
 
-    from nmtrec.components.evaluate.scoring import write_json, write_text_atomic
+    from nmtrec.components.common.files import write_json_atomic, write_text_atomic
+    from nmtrec.components.common.manifest import read_history
     from nmtrec.components.evaluate.html import render
 
     report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
-    write_json(report_path, report)
+    write_json_atomic(report_path, report, indent=2, allow_nan=True)
     title = f"nmtrec: {' > '.join(report['tasks'])}"
-    write_text_atomic(html_path, render(report, metas["nmt"]["stages"], title=title))
+    histories = [read_history(nmt, s) for s in metas["nmt"].stages]
+    write_text_atomic(html_path, render(report, histories, title=title))
     if metrics is not None:
         for method, m in report["methods"].items():
             for kind in ("auc", "gauc", "logloss"):

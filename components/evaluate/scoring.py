@@ -4,19 +4,16 @@ Evaluation runs the plain unsharded export (model.pt) in one process, as serving
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from nmtrec.components.common.feature_spec import FeatureSpec
+from nmtrec.components.common.manifest import StageManifest
 from nmtrec.components.common.metrics import auc, gauc, logloss
 from nmtrec.components.evaluate.oracle import oracle_report
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.data import load_split, make_batch
 from nmtrec.models.registry import build_model
-from nmtrec.components.common.config import Config
 
 
 @torch.no_grad()
@@ -38,45 +35,33 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray, tasks
 
 
 def predict_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test"):
-    """(labels [N, T], probabilities [N, T], user ids [N], stage meta) of one checkpoint on a split."""
+    """(labels [N, T], probabilities [N, T], user ids [N], stage manifest) of one checkpoint on a split."""
     meta = checkpoint.read_meta(ckpt_dir)
-    cfg = Config.model_validate(meta["config"])
-    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    cfg = meta.parsed_config()
+    spec = FeatureSpec.read(dataset_dir)
     cols = load_split(dataset_dir, spec, split, cfg.tasks)
     model = build_model(cfg.model, spec, len(cfg.tasks), device="cpu")
     checkpoint.load_unsharded(ckpt_dir, model)
     probs = np.broadcast_to(predict(model, cols), cols.labels.shape)  # a shared score serves every task
-    users = cols.single[:, list(spec["sparse"]).index("user_id")] if "user_id" in spec["sparse"] else np.zeros(cols.rows)
+    users = cols.single[:, list(spec.sparse).index("user_id")] if "user_id" in spec.sparse else np.zeros(cols.rows)
     return cols.labels, probs, users, meta
 
 
-def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") -> tuple[dict, dict]:
-    """Return (metrics, stage meta) of one stage checkpoint."""
+def evaluate_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test") -> tuple[dict, StageManifest]:
+    """Return (metrics, stage manifest) of one stage checkpoint."""
     labels, probs, users, meta = predict_checkpoint(ckpt_dir, dataset_dir, split)
-    return task_metrics(labels, probs, users, meta["tasks"]), meta
+    return task_metrics(labels, probs, users, meta.tasks), meta
 
 
 def build_report(final_ckpt: str, dataset_dir: str) -> dict:
     metrics, meta = evaluate_checkpoint(final_ckpt, dataset_dir)
     return {
-        **oracle_report(dataset_dir, meta["tasks"]),
-        "tasks": meta["tasks"],
+        **oracle_report(dataset_dir, meta.tasks),
+        "tasks": meta.tasks,
         "methods": {"nmt": metrics},
-        "stages": [{"task": s["task"], "frozen_optima": s["frozen_optima"], "lambda_final": s["lambda_final"],
-                    "epochs": s["epochs"], "valid_loss": s["valid_loss"]} for s in meta["stages"]],
+        "stages": [{"task": s.task, "frozen_optima": s.frozen_optima, "lambda_final": s.lambda_final,
+                    "epochs": s.epochs, "valid_loss": s.valid_loss} for s in meta.stages],
     }
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """A reader never sees a half-written report: write a temporary name, then rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=True))
 
 
 def summary_table(report: dict) -> str:

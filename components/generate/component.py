@@ -4,15 +4,15 @@ from kfp.dsl import Dataset, Output
 
 
 def generate_synthetic(config_json: str, raw: Output[Dataset]):
-    import json
     import os
 
-    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
     from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.common.step_inputs import runtime_config
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
     setup_logging()
-    cfg = json.loads(config_json)
+    cfg = runtime_config(config_json)
     os.makedirs(raw.path, exist_ok=True)
-    spec = SyntheticSpec(seed=cfg["seed"], **cfg["data"]["synthetic"])
+    spec = SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump())
     rows = generate(spec, os.path.join(raw.path, "data.csv"))
     raw.metadata["rows"] = rows

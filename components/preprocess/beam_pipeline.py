@@ -3,10 +3,12 @@
 Beam's elements are byte ranges of the file and per-range id counts; each DoFn parses its range into
 one Arrow table and works on whole columns (numpy/pyarrow), never one dict per row. One pipeline, two
 reads of every range:
-  1. count: ids per embedding table, rows, bad rows and label counts -> vocab/*.parquet + stats.json;
+  1. count: ids per embedding table, rows, bad rows and label counts -> vocab/*.parquet + stats.json,
+     and the number of lines of every range;
   2. encode (waits on 1 through side inputs): encoded with the vocabularies (loaded once per
-     worker), MTL-sampled and split by seeded per-line draws (draws.py), one Parquet shard per
-     range and split, written by the DoFn itself through Beam's FileSystems.
+     worker), MTL-sampled and split by seeded draws keyed on each row's line number (draws.py; a
+     range's first line number = the lines of the ranges before it, from pass 1), one Parquet shard
+     per range and split, written by the DoFn itself through Beam's FileSystems.
 Re-reading a range is cheaper than shipping every parsed table between the passes, and writing
 shards from the DoFn avoids three WriteToParquet sinks (each a stage chain of its own); it runs
 unchanged on Flink/Spark/Dataflow (`runner` + `beam_options`).
@@ -15,9 +17,7 @@ Everything goes to `<out>.partial`, renamed to `<out>` only when complete.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from nmtrec.components.common.feature_spec import BagColumn, FeatureSpec, Sampling, SparseColumn, Split, Table
+from nmtrec.components.common.files import atomic_dir
 from nmtrec.components.preprocess import draws
 from nmtrec.components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file, line_number
 from nmtrec.components.preprocess.schemas import TRUTH_PREFIX, get_format
@@ -73,8 +75,9 @@ class _CountRange(beam.DoFn):
         self.reader, self.spec = reader, spec
 
     def process(self, rng):
-        _, start, end = rng
-        table, bad, offsets = self.reader.read(start, end)
+        index, start, end = rng
+        table, bad, offsets, _, line_count = self.reader.read(start, end)
+        yield beam.pvalue.TaggedOutput("lines", (index, line_count))
         _check_labels(self.reader.layout, table, self.spec.labels, offsets)
         for name, cols in self.spec.tables().items():
             yield name, count_values([table.column(c) for c, _ in cols], [is_bag for _, is_bag in cols])
@@ -158,18 +161,22 @@ class _EncodeRange(beam.DoFn):
         self.reader, self.spec, self.root, self.truth, self.schema = reader, spec, root, truth, schema
         self.encoders = None
 
-    def process(self, rng, stats, vocab_written):
+    def process(self, rng, stats, vocab_written, line_counts):
         index, start, end = rng
         s = self.spec
         if self.encoders is None:  # vocab_written (side input) guarantees the files exist
             self.encoders = {t: Encoder(pq.read_table(FileSystems.join(self.root, "vocab", f"{t}.parquet"))
                                         .column("raw_id").to_numpy()) for t in vocab_written}
-        table, _, offsets = self.reader.read(start, end)
+        rows = self.reader.read(start, end)
+        table = rows.table
+        # draws keyed on line numbers, not byte offsets: see draws.py (a longer float would move every later row)
+        first_line = self.reader.layout.first_line + sum(n for i, n in line_counts.items() if i < index)
+        lines = first_line + rows.lines
         keep = np.ones(table.num_rows, dtype=bool)
         if s.negative_ratio is not None:
-            u = draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SAMPLE))
+            u = draws.uniform(draws.line_hash(lines, s.seed, draws.SALT_SAMPLE))
             keep = (table.column(s.sample_label).fill_null(0).to_numpy() == 1) | (u < _keep_probability(s, stats))
-        which = draws.assign_split(draws.uniform(draws.line_hash(offsets, s.seed, draws.SALT_SPLIT)), s.split)
+        which = draws.assign_split(draws.uniform(draws.line_hash(lines, s.seed, draws.SALT_SPLIT)), s.split)
         out = {c: self.encoders[c].encode(table.column(c)) for c in s.sparse}
         for bag, cols in s.bags.items():
             enc = self.encoders[s.bag_tables.get(bag, bag)]
@@ -230,7 +237,7 @@ def _check_columns(layout: Layout, spec: PreprocessSpec):
         raise PreprocessError(f"data.sample_label {spec.sample_label!r} must be one of data.labels {spec.labels}")
 
 
-def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
+def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> FeatureSpec:
     """Run both Beam passes; return the feature spec also written to out_dir/feature_spec.json."""
     source = str(source)
     layout = inspect_file(source, get_format(spec.fmt))
@@ -242,33 +249,25 @@ def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> dict:
     reader = RangeReader(layout, [c for c in layout.columns if c in needed | set(truth.values())], spec.on_bad_rows)
     ranges = byte_ranges(layout, spec.chunk_bytes)
 
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         def pipeline(p):
             # no reshuffle on one local worker: it only adds a shuffle stage
             local = spec.runner in ("DirectRunner", "FnApiRunner") and spec.num_workers == 1
             ranges_pc = p | "Ranges" >> beam.Create(ranges, reshuffle=not local)
-            counted = ranges_pc | "Count" >> beam.ParDo(_CountRange(counter, spec)).with_outputs("stats", main="ids")
+            counted = ranges_pc | "Count" >> beam.ParDo(_CountRange(counter, spec)).with_outputs("stats", "lines", main="ids")
             vocab_written = (counted.ids | "MergeIds" >> beam.CombinePerKey(_MergeCounts())
                              | "WriteVocab" >> beam.Map(_write_vocab, str(tmp / "vocab"), spec.min_count))
             stats = counted.stats | "SumStats" >> beam.CombineGlobally(_SumDicts())
             _ = stats | "WriteStats" >> beam.Map(_write_json, str(tmp / "stats.json"))
             # second read of every range, after the vocabularies are written (side inputs)
             _ = ranges_pc | "Encode" >> beam.ParDo(_EncodeRange(reader, spec, str(tmp), truth, _output_schema(spec, truth)),
-                                                   beam.pvalue.AsSingleton(stats), beam.pvalue.AsDict(vocab_written))
+                                                   beam.pvalue.AsSingleton(stats), beam.pvalue.AsDict(vocab_written),
+                                                   beam.pvalue.AsDict(counted.lines))
         _run(pipeline, spec)
         stats = json.loads((tmp / "stats.json").read_text())
         keep_p = _keep_probability(spec, stats)
         feature_spec = _feature_spec(tmp, spec, source, stats, keep_p, truth)
-        (tmp / "feature_spec.json").write_text(json.dumps(feature_spec, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+        feature_spec.write(tmp)
     return feature_spec
 
 
@@ -280,31 +279,32 @@ def _output_schema(spec: PreprocessSpec, truth: dict[str, str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _feature_spec(root: Path, spec: PreprocessSpec, source: str, stats: dict, keep_p: float, truth: dict) -> dict:
+def _feature_spec(root: Path, spec: PreprocessSpec, source: str, stats: dict, keep_p: float,
+                  truth: dict) -> FeatureSpec:
     tables = {}
     for t in spec.tables():
         meta = json.loads((root / "vocab" / f"{t}.json").read_text())
-        tables[t] = {"vocab_size": meta["kept"] + FIRST_ID, "null_index": NULL_INDEX, "oov_index": OOV_INDEX,
-                     "distinct_ids": meta["distinct"], "oov_ids": meta["oov_ids"], "vocab": f"vocab/{t}.parquet"}
+        tables[t] = Table(vocab_size=meta["kept"] + FIRST_ID, null_index=NULL_INDEX, oov_index=OOV_INDEX,
+                          distinct_ids=meta["distinct"], oov_ids=meta["oov_ids"], vocab=f"vocab/{t}.parquet")
     splits = {}
     for name in SPLITS:
         files = sorted(str(p.relative_to(root)) for p in (root / name).glob("*.parquet")) if (root / name).exists() else []
-        splits[name] = {"files": files, "rows": sum(pq.read_metadata(root / f).num_rows for f in files)}
-    return {
-        "source": source,
-        "format": spec.fmt,
-        "sparse": {c: {"table": c} for c in spec.sparse},
-        "bags": {b: {"table": spec.bag_tables.get(b, b), "columns": cols} for b, cols in spec.bags.items()},
-        "tables": tables,
-        "labels": list(spec.labels),
-        "truth": truth,
-        "splits": splits,
-        "rows_read": stats["rows"],
-        "bad_rows_skipped": stats["bad_rows"],
-        "positives": {lab: stats[f"positives.{lab}"] for lab in spec.labels},
-        "sampling": None if spec.negative_ratio is None else {
-            "label": spec.sample_label, "negative_ratio": spec.negative_ratio, "negative_keep_probability": keep_p},
-        "split_fractions": list(spec.split),
-        "seed": spec.seed,
-        "min_count": spec.min_count,
-    }
+        splits[name] = Split(files=files, rows=sum(pq.read_metadata(root / f).num_rows for f in files))
+    return FeatureSpec(
+        source=source,
+        format=spec.fmt,
+        sparse={c: SparseColumn(table=c) for c in spec.sparse},
+        bags={b: BagColumn(table=spec.bag_tables.get(b, b), columns=cols) for b, cols in spec.bags.items()},
+        tables=tables,
+        labels=list(spec.labels),
+        truth=truth,
+        splits=splits,
+        rows_read=stats["rows"],
+        bad_rows_skipped=stats["bad_rows"],
+        positives={lab: stats[f"positives.{lab}"] for lab in spec.labels},
+        sampling=None if spec.negative_ratio is None else Sampling(
+            label=spec.sample_label, negative_ratio=spec.negative_ratio, negative_keep_probability=keep_p),
+        split_fractions=list(spec.split),
+        seed=spec.seed,
+        min_count=spec.min_count,
+    )

@@ -11,8 +11,8 @@ def preprocess_dataset(config_json: str, raw: Input[Dataset], dataset: Output[Da
 
     setup_logging()
     spec = preprocess_from_config(config_json, os.path.join(raw.path, "data.csv"), dataset.path)
-    dataset.metadata.update({s: v["rows"] for s, v in spec["splits"].items()})
-    dataset.metadata["bad_rows_skipped"] = spec["bad_rows_skipped"]
+    dataset.metadata.update(spec.rows_per_split())
+    dataset.metadata["bad_rows_skipped"] = spec.bad_rows_skipped
 
 
 def preprocess_file(config_json: str, source_path: str, dataset: Output[Dataset]):
@@ -21,5 +21,5 @@ def preprocess_file(config_json: str, source_path: str, dataset: Output[Dataset]
 
     setup_logging()
     spec = preprocess_from_config(config_json, source_path, dataset.path)
-    dataset.metadata.update({s: v["rows"] for s, v in spec["splits"].items()})
-    dataset.metadata["bad_rows_skipped"] = spec["bad_rows_skipped"]
+    dataset.metadata.update(spec.rows_per_split())
+    dataset.metadata["bad_rows_skipped"] = spec.bad_rows_skipped

@@ -1,11 +1,18 @@
 """Seeded per-row draws for the train/valid/test split and the MTL negative sampling.
 
-A row's draw is a hash of (seed, salt, the byte offset of its line in the file): independent of how
-the file was cut into ranges, of the runner and its parallelism, and of the row's labels (a draw
-that saw the labels would send a user-item pair's positive and negative rows to different splits,
-and a model that memorises train pairs would then rank the test split backwards). Rows are drawn
-independently, as in Tenrec's protocol (shuffle, split 8:1:1), so exact duplicates may fall in
-different splits. Hash: splitmix64's finaliser, h = mix(mix(seed * 2^32 + salt) ^ offset).
+A row's draw is a hash of (seed, salt, the 1-based number of its line in the file, header and blank
+lines counted as `line_number` counts them): independent of how the file was cut into ranges, of the
+runner and its parallelism, and of the row's labels (a draw that saw the labels would send a
+user-item pair's positive and negative rows to different splits, and a model that memorises train
+pairs would then rank the test split backwards). Rows are drawn independently, as in Tenrec's
+protocol (shuffle, split 8:1:1), so exact duplicates may fall in different splits.
+Hash: splitmix64's finaliser, h = mix(mix(seed * 2^32 + salt) ^ line).
+
+Why the line number and not the byte offset (the key until issue 12): an offset depends on how every
+earlier line is printed, so one float written with one more digit (the synthetic generator's true_*
+columns differed in their last digits between CPUs) moved every later row to another split. A line's
+number only changes when lines are added or removed; real Tenrec files are fixed. Not the line's
+content either: the planted exact duplicates must stay independent draws.
 """
 from __future__ import annotations
 
@@ -23,11 +30,11 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def line_hash(offsets: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """uint64 hash per row from the byte offsets of the rows' lines."""
+def line_hash(lines: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """uint64 hash per row from the (1-based) numbers of the rows' lines in the file."""
     with np.errstate(over="ignore"):
-        h = _mix(np.full(len(offsets), (seed * (1 << 32) + salt) & MASK, dtype=np.uint64))
-        return _mix(h ^ np.asarray(offsets, dtype=np.int64).view(np.uint64))
+        h = _mix(np.full(len(lines), (seed * (1 << 32) + salt) & MASK, dtype=np.uint64))
+        return _mix(h ^ np.asarray(lines, dtype=np.int64).view(np.uint64))
 
 
 def uniform(h: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from nmtrec.components.common.config import Config, DataConfig
+from nmtrec.components.common.feature_spec import FeatureSpec
+from nmtrec.components.common.step_inputs import runtime_config
 from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
 from nmtrec.components.preprocess.schemas import get_format
 
@@ -22,5 +24,6 @@ def spec_from_config(cfg: Config) -> PreprocessSpec:
                           negative_ratio=d.negative_ratio, sample_label=d.sample_label)
 
 
-def preprocess_from_config(config_json: str, csv_path: str, out_dir: str) -> dict:
-    return run_preprocess(csv_path, out_dir, spec_from_config(Config.from_json(config_json)))
+def preprocess_from_config(config_json: str, csv_path: str, out_dir: str) -> FeatureSpec:
+    """The step's core: its config inputs plus the run settings of its environment (runner, chunks)."""
+    return run_preprocess(csv_path, out_dir, spec_from_config(runtime_config(config_json)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -71,12 +72,14 @@ def byte_ranges(layout: Layout, chunk_bytes: int) -> list[tuple[int, int, int]]:
     return ranges
 
 
-def _line_starts(data: bytes) -> np.ndarray:
-    """Offsets (within data) of its non-empty lines, the rows pyarrow parses."""
+def _line_starts(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets within data, 0-based line index within data) of its non-empty lines, the rows pyarrow
+    parses. A line is what ends in '\n' (as `line_number` counts), so blank lines keep their numbers."""
     raw = np.frombuffer(data, np.uint8)
     starts = np.concatenate([[0], np.flatnonzero(raw == 10) + 1])
     starts = starts[starts < len(raw)]
-    return starts[(raw[starts] != 10) & (raw[starts] != 13)].astype(np.int64)
+    rows = np.flatnonzero((raw[starts] != 10) & (raw[starts] != 13))
+    return starts[rows].astype(np.int64), rows.astype(np.int64)
 
 
 def line_number(layout: Layout, offset: int) -> int:
@@ -88,6 +91,15 @@ def line_number(layout: Layout, offset: int) -> int:
             lines += block.count(b"\n")
             done += len(block)
     return lines
+
+
+class Rows(NamedTuple):
+    """One parsed byte range: its table and where each row's line is."""
+    table: pa.Table
+    bad: int  # bad lines skipped (policy `skip`)
+    offsets: np.ndarray  # byte offset in the file of each row's line (for error messages)
+    lines: np.ndarray  # 0-based index of each row's line among the range's lines
+    line_count: int  # line ends ('\n') in the range: the next range's first line is this many further on
 
 
 class RangeReader:
@@ -108,18 +120,20 @@ class RangeReader:
                                                  null_values=NULLS, strings_can_be_null=True),
         )
 
-    def read(self, start: int, end: int) -> tuple[pa.Table, int, np.ndarray]:
-        """Return (table, number of bad lines skipped, byte offset in the file of each row's line)."""
+    def read(self, start: int, end: int) -> Rows:
+        """Parse the range [start, end): its table, bad lines skipped and where each row's line is."""
         with open(self.layout.path, "rb") as f:
             f.seek(start)
             data = f.read(end - start)
+        line_count = data.count(b"\n")
         try:
             table = self._parse(data)
-            offsets = start + _line_starts(data)
+            offsets, lines = _line_starts(data)
+            offsets += start
             if len(offsets) != table.num_rows:
                 raise PreprocessError(f"{self.layout.path}: lines from {line_number(self.layout, start)}: "
                                       f"{len(offsets)} lines but {table.num_rows} parsed rows")
-            return table, 0, offsets
+            return Rows(table, 0, offsets, lines, line_count)
         except pa.ArrowInvalid as e:
             good, bad = self._scan(data, start)
             if not bad:  # pyarrow saw a problem that the line scan cannot place
@@ -131,16 +145,20 @@ class RangeReader:
                 where = f", column {column!r}" if column else ""
                 raise PreprocessError(f"{self.layout.path}: line {line}{where}: {reason} "
                                       f"(set data.on_bad_rows: skip to drop and count such rows)") from None
-            return self._parse(b"".join(line for _, line in good)), len(bad), np.array([o for o, _ in good], np.int64)
+            return Rows(self._parse(b"".join(line for _, _, line in good)), len(bad),
+                        np.array([o for o, _, _ in good], np.int64), np.array([n for _, n, _ in good], np.int64),
+                        line_count)
 
     def _scan(self, data: bytes, start: int):
-        """Split a range into good lines and (offset, column, reason) of bad ones."""
+        """Split a range into good lines (offset, line index in the range, line) and (offset, column,
+        reason) of bad ones."""
         delim = self.layout.fmt.delimiter.encode()
         n = len(self.layout.columns)
         checks = [(i, c, self.layout.fmt.is_truth(c)) for i, c in enumerate(self.layout.columns) if c in self.types]
-        good, bad, offset = [], [], start
+        good, bad, offset, index = [], [], start, 0
         for line in data.splitlines(keepends=True):
             here, offset = offset, offset + len(line)
+            here_index, index = index, index + line.count(b"\n")  # lines end in '\n' only, as in _line_starts
             body = line.rstrip(b"\r\n")
             if not body:
                 continue
@@ -166,5 +184,5 @@ class RangeReader:
             if problem:
                 bad.append((here, *problem))
             else:
-                good.append((here, line if line.endswith(b"\n") else line + b"\n"))
+                good.append((here, here_index, line if line.endswith(b"\n") else line + b"\n"))
         return good, bad

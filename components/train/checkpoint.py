@@ -1,7 +1,9 @@
 """Checkpoints: a torch.distributed.checkpoint (DCP) of the sharded model and, optionally, of the fused
 embedding + dense optimizer state (reshardable: saved with N processes, loads with M), the sharding
-plan, a plain unsharded state dict for evaluation and serving, `stage.json` (task order, frozen
-optima, config hash, step, ...) and `extra.pt` (small picklable state such as objective multipliers).
+plan, a plain unsharded state dict for evaluation and serving, `stage.json` (the typed
+components/common/manifest.StageManifest: task order, frozen optima, config hash, step, ...), any
+small side files (the per-stage histories) and `extra.pt` (small picklable state such as objective
+multipliers).
 
 Writes are atomic: everything goes under `<dir>.partial`, files are fsynced, a sha256 manifest is
 written last, and rank 0 renames the directory into place. Loading checks the manifest first, so a
@@ -11,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,7 +20,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-META = "stage.json"
+from nmtrec.components.common.files import fsync_path, partial_dir, partial_path, publish_dir, write_text_atomic
+from nmtrec.components.common.manifest import FILE as META, StageManifest
+
 DCP_DIR = "dcp"
 UNSHARDED = "model.pt"
 PLAN = "plan.json"
@@ -64,26 +66,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(root: Path) -> None:
     files = {}
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            _fsync(p)
+            fsync_path(p)
             files[str(p.relative_to(root))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, root / MANIFEST)
+    write_text_atomic(root / MANIFEST, json.dumps({"files": files}, indent=1), fsync=True)
     for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-        _fsync(d)
+        fsync_path(d)
 
 
 def verify(ckpt_dir: str | Path) -> None:
@@ -109,15 +100,15 @@ def verify(ckpt_dir: str | Path) -> None:
             raise CheckpointError(f"{f}: corrupted (sha256 differs from the manifest)")
 
 
-def save(out_dir: str | Path, model: torch.nn.Module, meta: dict, *, dense_opt=None, plan: dict | None = None,
-         extra=None, unsharded: bool = True) -> Path:
+def save(out_dir: str | Path, model: torch.nn.Module, meta: StageManifest, *, dense_opt=None,
+         plan: dict | None = None, extra=None, unsharded: bool = True, files: dict[str, str] | None = None) -> Path:
     """Collective: every rank calls it. With dense_opt, the fused and dense optimizer states are saved
-    too (what resuming needs); `extra` is any small picklable object (rank 0's is kept)."""
+    too (what resuming needs); `extra` is any small picklable object (rank 0's is kept); `files` are
+    text files {relative path: text} written into the checkpoint (covered by its manifest)."""
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
+    tmp = partial_path(out)
     if _rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        partial_dir(out)
     _barrier()
     state = {"model": model.state_dict()}
     if dense_opt is not None:
@@ -131,15 +122,13 @@ def save(out_dir: str | Path, model: torch.nn.Module, meta: dict, *, dense_opt=N
             (tmp / PLAN).write_text(json.dumps(plan, indent=1))
         if extra is not None:
             torch.save(extra, tmp / EXTRA)
-        (tmp / META).write_text(json.dumps(meta, indent=2))
-        _write_manifest(tmp)
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():  # keep the previous complete checkpoint until the new one is in place
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _fsync(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        for rel, text in (files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+        (tmp / META).write_text(meta.to_json())
+        _write_manifest(tmp)  # fsyncs every file and directory
+        publish_dir(tmp, out)  # the previous complete checkpoint stays until the new one is in place
+        fsync_path(out.parent)
     _barrier()
     return out
 
@@ -152,15 +141,16 @@ def optimizer_state(model, dense_opt) -> dict:
     return state
 
 
-def read_meta(ckpt_dir: str | Path, check: bool = True) -> dict:
+def read_meta(ckpt_dir: str | Path, check: bool = True) -> StageManifest:
+    """The checkpoint's stage.json (after verifying the checkpoint's manifest unless check=False)."""
     if check:
         verify(ckpt_dir)
     path = Path(ckpt_dir) / META
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: not a stage checkpoint ({META} missing)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        return StageManifest.from_json(path.read_text())
+    except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupted ({e})") from None
 
 
@@ -174,9 +164,10 @@ def load_into(ckpt_dir: str | Path, model: torch.nn.Module, *, dense_opt=None, a
     """Load the DCP checkpoint into a (possibly differently) sharded model, and with dense_opt the
     optimizer states too (resuming).
 
-    With allow_new_heads (a stage adding the next task), per-task parameters the checkpoint lacks
-    keep their fresh initialisation, and per-level expert banks that grew by the new task's experts
-    (PLE) get the saved experts as their leading rows; any other difference is an error."""
+    With allow_new_heads (a stage adding the next task), the parameters of tasks the checkpoint lacks
+    (as the model names them: `task_state_keys`, e.g. towers and gates) keep their fresh
+    initialisation, and tensors whose leading rows grew by those tasks' rows (`task_rows`, e.g. PLE's
+    expert banks) get the saved rows first; any other difference is an error."""
     if check:
         verify(ckpt_dir)
     path = Path(ckpt_dir) / DCP_DIR
@@ -185,17 +176,18 @@ def load_into(ckpt_dir: str | Path, model: torch.nn.Module, *, dense_opt=None, a
     except Exception as e:  # missing or corrupt metadata
         raise CheckpointError(f"{ckpt_dir}: cannot read checkpoint: {e}") from None
     current = model.state_dict()
+    new_keys, new_rows = _new_task_state(model, saved) if allow_new_heads else (set(), {})
     to_load, grown, problems = {}, {}, []
     for k, v in current.items():
         md = saved.get(f"model.{k}")
         if md is None:
-            if not (allow_new_heads and _is_head(k)):
+            if _plain_key(k) not in new_keys:
                 problems.append(f"{k} missing from the checkpoint")
             continue
         have, want = tuple(md.size), tuple(v.size())
         if have == want:
             to_load[k] = v
-        elif allow_new_heads and _grows_with_heads(k) and have[1:] == want[1:] and have[0] < want[0]:
+        elif have[1:] == want[1:] and have[0] + new_rows.get(_plain_key(k), 0) == want[0] > have[0]:
             grown[k] = to_load[k] = torch.empty(have, dtype=v.dtype)
         else:
             problems.append(f"{k} has shape {list(have)} in the checkpoint, {list(want)} here")
@@ -226,15 +218,35 @@ def load_into(ckpt_dir: str | Path, model: torch.nn.Module, *, dense_opt=None, a
     _barrier()  # nobody deletes or rewrites the checkpoint while another rank still reads it
 
 
-def _is_head(key: str) -> bool:
-    """Per-task parameters (gates and towers) that a new lower-priority task adds."""
-    return any(part in ("gates", "towers") for part in key.split("."))
+_WRAPPER_PREFIXES = ("_dmp_wrapped_module.", "module.")
 
 
-def _grows_with_heads(key: str) -> bool:
-    """PLE level parameters whose first dimension counts experts: a new task appends its own."""
-    parts = key.split(".")
-    return "levels" in parts and ("experts" in parts or "shared_gate" in parts)
+def _plain_key(key: str) -> str:
+    """A state-dict key without the prefixes a DMP/DDP wrapper may add (DMP's own state_dict drops them)."""
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _new_task_state(model: torch.nn.Module, saved) -> tuple[set[str], dict[str, int]]:
+    """Ask the model (models/base.MultiTaskModel, unwrapped from DMP/DDP) which tasks the checkpoint
+    lacks (none of their own tensors saved) and return (their tensors' keys, {key of a tensor that grows
+    along dim 0: the rows they add})."""
+    from torchrec.distributed.model_parallel import get_unwrapped_module
+
+    inner = get_unwrapped_module(model)
+    if not hasattr(inner, "task_state_keys"):
+        return set(), {}
+    have = {_plain_key(k[len("model."):]) for k in saved if k.startswith("model.")}
+    keys, rows = set(), {}
+    for t in range(inner.num_tasks):
+        own = inner.task_state_keys(t)
+        if not own or own & have:
+            continue  # shares its head with the others (no own state), or the checkpoint has it
+        keys |= own
+        for k, sl in inner.task_rows(t).items():
+            rows[k] = rows.get(k, 0) + (sl.stop - sl.start)
+    return keys, rows
 
 
 def load_unsharded(ckpt_dir: str | Path, model: torch.nn.Module, check: bool = True) -> None:

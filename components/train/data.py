@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from torchrec import KeyedJaggedTensor
 
-from nmtrec.models.sparse import feature_names
+from nmtrec.components.common.feature_spec import FeatureSpec
 
 
 @dataclass
@@ -29,24 +29,24 @@ class Columns:
         return len(self.labels)
 
 
-def load_split(dataset_dir: str | Path, feature_spec: dict, split: str, tasks: list[str]) -> Columns:
+def load_split(dataset_dir: str | Path, feature_spec: FeatureSpec, split: str, tasks: list[str]) -> Columns:
     root = Path(dataset_dir)
-    files = [root / f for f in feature_spec["splits"][split]["files"]]
-    missing_labels = [t for t in tasks if t not in feature_spec["labels"]]
+    files = [root / f for f in feature_spec.split_files(split)]
+    missing_labels = [t for t in tasks if t not in feature_spec.labels]
     if missing_labels:
         raise ValueError(f"tasks {missing_labels} are not label columns of the dataset "
-                         f"(feature_spec.json labels: {feature_spec['labels']})")
+                         f"(feature_spec.json labels: {feature_spec.labels})")
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
     if table is None or table.num_rows == 0:
         raise ValueError(f"{root}: split {split!r} has no rows")
-    sparse = list(feature_spec["sparse"])
+    sparse = list(feature_spec.sparse)
     single = np.stack([table.column(c).to_numpy() for c in sparse], axis=1).astype(np.int64)
     bags = []
-    for b in feature_spec["bags"]:
+    for b in feature_spec.bags:
         arr = table.column(b).combine_chunks()
         bags.append((arr.offsets.to_numpy().astype(np.int64), arr.values.to_numpy().astype(np.int64)))
     labels = np.stack([table.column(t).to_numpy() for t in tasks], axis=1).astype(np.float32)
-    return Columns(single, bags, labels, feature_names(feature_spec))
+    return Columns(single, bags, labels, feature_spec.feature_names())
 
 
 def make_batch(cols: Columns, idx: np.ndarray) -> tuple[KeyedJaggedTensor, torch.Tensor]:

@@ -100,11 +100,11 @@ class HeldOutStream:
 
 
 def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
-               max_epochs: int, patience: int, seed: int, best_dir, meta: dict, label: str = "",
+               max_epochs: int, patience: int, seed: int, best_dir, meta, label: str = "",
                resumer=None, loss_fn=task_losses) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
     continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
-    losses (components/train/losses.py)."""
+    losses (components/train/losses.py). `meta`: the stage's StageManifest, saved with the best epoch."""
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
@@ -150,7 +150,7 @@ def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, s
                      [round(float(x), 5) for x in val], score)
         if score < best - 1e-6:
             best, bad = score, 0
-            checkpoint.save(best_dir, model, {**meta, "epoch": epoch + 1, "step": step}, unsharded=False)
+            checkpoint.save(best_dir, model, meta.updated(epoch=epoch + 1, step=step), unsharded=False)
         else:
             bad += 1
             if bad > patience:

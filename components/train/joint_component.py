@@ -4,9 +4,9 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 def train_joint(config_json: str, method: str, dataset: Input[Dataset], checkpoint: Output[Model]):
     from nmtrec.components.common.logs import setup_logging
+    from nmtrec.components.common.step_inputs import runtime_config
     from nmtrec.components.train.joint import run_joint
-    from nmtrec.components.common.config import Config
 
     setup_logging()
-    meta = run_joint(Config.from_json(config_json), method, dataset.path, checkpoint.path)
-    checkpoint.metadata.update({"method": method, "tasks": meta["tasks"], "epochs": meta["epochs"]})
+    meta = run_joint(runtime_config(config_json), method, dataset.path, checkpoint.path)
+    checkpoint.metadata.update({"method": method, "tasks": meta.tasks, "epochs": meta.epochs})

@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.manifest import StageManifest
 
 
 # this module's import name, also when it runs as __main__ (python -m) inside a worker
@@ -24,22 +25,21 @@ class LaunchError(RuntimeError):
     pass
 
 
-def train_stage_main(config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
-                     method: str = "nmt") -> dict:
-    cfg = Config.from_json(config_json)
+def train_stage_main(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
+                     method: str = "nmt") -> StageManifest:
+    """`cfg`: the step's inputs with its run settings (step_inputs.runtime_config)."""
     if cfg.train.checkpoint_every and not cfg.train.resume_root:
         # default resume root: beside the stage's output, which a retried KFP step (or a rerun) writes again
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume_root": f"{out_dir}.resume"})})
-        config_json = cfg.to_json()
     if cfg.train.nproc > 1 and "RANK" not in os.environ:
-        return _torchrun(cfg, config_json, stage, dataset_dir, out_dir, previous_dir, method)
+        return _torchrun(cfg, cfg.to_json(), stage, dataset_dir, out_dir, previous_dir, method)
     from nmtrec.components.train.stage import run_stage
 
     return run_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method=method)
 
 
 def _torchrun(cfg: Config, config_json: str, stage: int, dataset_dir: str, out_dir: str, previous_dir,
-              method: str = "nmt") -> dict:
+              method: str = "nmt") -> StageManifest:
     from nmtrec.components.train import checkpoint
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="nmtrec-stage-", delete=False) as f:
@@ -67,12 +67,14 @@ def main(argv: list[str]) -> int:
         with open(config[1:]) as f:
             config = f.read()
     previous = argv[4] if len(argv) > 4 and argv[4] != "-" else None
-    meta = train_stage_main(config, int(argv[1]), argv[2], argv[3], previous, argv[5] if len(argv) > 5 else "nmt")
+    # the workers get the whole runtime config (run settings included) from the launching process
+    meta = train_stage_main(Config.from_json(config), int(argv[1]), argv[2], argv[3], previous,
+                            argv[5] if len(argv) > 5 else "nmt")
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    print(json.dumps({"ok": True, "task": meta["task"]}))
+    print(json.dumps({"ok": True, "task": meta.task}))
     return 0
 
 

@@ -10,7 +10,6 @@ stage's whole config, so a changed config never resumes from a stale checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -22,20 +21,17 @@ from nmtrec.components.train import checkpoint
 log = logging.getLogger("nmtrec.train")
 
 
-# how a stage runs, not what it computes: a stage restarted with another process count (a pod
-# rescheduled with fewer GPUs) still resumes; the checkpoint reshards on load
-RUN_ONLY = ("nproc", "threads", "retries", "checkpoint_every", "resume_root")
-
-
-def stage_key(config_json: str, stage: int, task: str) -> str:
-    cfg = json.loads(config_json)
-    cfg["train"] = {k: v for k, v in cfg.get("train", {}).items() if k not in RUN_ONLY}
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+def stage_key(inputs_json: str, stage: int, task: str) -> str:
+    """`inputs_json`: the stage's inputs (step_inputs.py), which leave out every run-only setting, so a
+    stage restarted with another process count (a pod rescheduled with fewer GPUs) still resumes; the
+    checkpoint reshards on load."""
+    digest = hashlib.sha256(inputs_json.encode()).hexdigest()[:12]
     return f"stage{stage + 1}-{task}-{digest}"
 
 
 class Resumer:
-    def __init__(self, root: str | Path, key: str, every: int, meta: dict, plan: dict | None = None):
+    def __init__(self, root: str | Path, key: str, every: int, meta, plan: dict | None = None):
+        """`meta`: the stage's StageManifest (components/common/manifest.py), saved with each resume point."""
         self.dir = Path(root) / key
         self.every = every
         self.meta = meta
@@ -53,7 +49,7 @@ class Resumer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, model, dense_opt, objective, progress: dict) -> None:
-        checkpoint.save(self.last_dir, model, {**self.meta, "step": progress["step"]}, dense_opt=dense_opt,
+        checkpoint.save(self.last_dir, model, self.meta.updated(step=progress["step"]), dense_opt=dense_opt,
                         plan=self.plan, unsharded=False,
                         extra={"progress": progress, "objective": objective.resume_state()})
 
@@ -62,10 +58,10 @@ class Resumer:
         if not (self.last_dir / checkpoint.MANIFEST).is_file():
             return None
         meta = checkpoint.read_meta(self.last_dir)
-        if meta.get("model_hash") != self.meta.get("model_hash") or meta.get("tasks") != self.meta.get("tasks"):
+        if meta.model_hash != self.meta.model_hash or meta.tasks != self.meta.tasks:
             raise checkpoint.CheckpointError(
-                f"{self.last_dir}: resume checkpoint is for tasks {meta.get('tasks')} / model {meta.get('model_hash')}, "
-                f"this stage is for {self.meta.get('tasks')} / {self.meta.get('model_hash')}")
+                f"{self.last_dir}: resume checkpoint is for tasks {meta.tasks} / model {meta.model_hash}, "
+                f"this stage is for {self.meta.tasks} / {self.meta.model_hash}")
         checkpoint.load_into(self.last_dir, model, dense_opt=dense_opt, check=False)
         extra = checkpoint.read_extra(self.last_dir)
         objective.load_state(extra["objective"])

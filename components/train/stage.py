@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ from nmtrec.components.train.resume import Resumer, stage_key
 from nmtrec.models.registry import build_model
 from nmtrec.models.sparse import check_spec
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.feature_spec import FeatureSpec
+from nmtrec.components.common.manifest import StageManifest, StageSummary, dump_history, history_file, read_history
+from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
 log = logging.getLogger("nmtrec.train")
 
@@ -55,20 +59,20 @@ def config_diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
 
 
-def check_previous(meta: dict, cfg: Config, stage: int, where) -> None:
+def check_previous(meta: StageManifest, cfg: Config, stage: int, where) -> None:
     """Refuse a previous-stage checkpoint from another model, task order or stage."""
     want = cfg.tasks[:stage]
-    if meta.get("tasks") != want:
+    if meta.tasks != want:
         raise checkpoint.CheckpointError(
-            f"{where}: checkpoint was trained for tasks {meta.get('tasks')} but stage {stage + 1} "
+            f"{where}: checkpoint was trained for tasks {meta.tasks} but stage {stage + 1} "
             f"needs the higher-priority tasks {want} in this order (priorities changed? retrain from stage 1)")
-    if meta.get("model_hash") != cfg.model_hash():
+    if meta.model_hash != cfg.model_hash():
         mine = json.loads(cfg.to_json())
-        theirs = meta.get("config", {})
+        theirs = meta.config or {}
         differs = config_diff({k: theirs.get(k) for k in ("model", "features")},
                               {k: mine[k] for k in ("model", "features")})
         raise checkpoint.CheckpointError(
-            f"{where}: checkpoint model/features hash {meta.get('model_hash')} differs from this config's "
+            f"{where}: checkpoint model/features hash {meta.model_hash} differs from this config's "
             f"{cfg.model_hash()} (checkpoint vs this config: {'; '.join(differs) or 'unknown'}; "
             f"model or features changed: retrain from stage 1)")
 
@@ -80,7 +84,7 @@ def loss_function(cfg: Config):
 
 def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
     """Process group, data splits and the sharded model: shared by NMT stages and joint baselines."""
-    spec = json.loads((Path(dataset_dir) / "feature_spec.json").read_text())
+    spec = FeatureSpec.read(dataset_dir)
     check_spec(spec, cfg.features)
     device = init_process_group()
     set_threads(cfg.train.threads)
@@ -97,7 +101,7 @@ def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
 
 
 def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
-              method: str = "nmt") -> dict:
+              method: str = "nmt") -> StageManifest:
     if not 0 <= stage < len(cfg.tasks):
         raise ValueError(f"stage {stage + 1} does not exist for tasks {cfg.tasks}")
     cfg = cfg.model_copy(update={"tasks": cfg.tasks[:stage + 1]})
@@ -115,10 +119,10 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
     higher = cfg.tasks[:stage]
-    frozen = {j: prev["frozen_optima"][t] for j, t in enumerate(higher)} if prev else {}
-    frozen_valid = {j: prev["frozen_valid"][t] for j, t in enumerate(higher)} if prev else {}
-    tol = tolerances(cfg, prev["frozen_optima"]) if prev else {}
-    vtol = tolerances(cfg, prev["frozen_valid"]) if prev else {}
+    frozen = {j: prev.frozen_optima[t] for j, t in enumerate(higher)} if prev else {}
+    frozen_valid = {j: prev.frozen_valid[t] for j, t in enumerate(higher)} if prev else {}
+    tol = tolerances(cfg, prev.frozen_optima) if prev else {}
+    vtol = tolerances(cfg, prev.frozen_valid) if prev else {}
     valid_tol = {j: vtol[t] for j, t in enumerate(higher)}
     if cfg.nmt.constraint_data == "valid":  # aim at the frozen value; r_j is the noise allowance of the audit
         bound, bound_tol = frozen_valid, {j: 0.0 for j in frozen_valid}
@@ -127,11 +131,13 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
                                 num_batches(train, cfg.train.batch_size))
     loss_fn = loss_function(cfg)
-    meta = {"tasks": cfg.tasks, "stage": stage, "task": task, "method": method if stage else "nmt",
-            "model_hash": cfg.model_hash(), "config": json.loads(cfg.to_json()), "world_size": dist.get_world_size()}
+    meta = StageManifest(tasks=cfg.tasks, stage=stage, task=task, method=method if stage else "nmt",
+                         model_hash=cfg.model_hash(), config=json.loads(cfg.to_json()),
+                         world_size=dist.get_world_size())
     resumer = None
     if cfg.train.resume_root:
-        resumer = Resumer(cfg.train.resume_root, stage_key(cfg.to_json(), stage, f"{task}:{method}"),
+        resumer = Resumer(cfg.train.resume_root, stage_key(step_inputs_json(cfg, Step("stage", stage)), stage,
+                                                           f"{task}:{method}"),
                           cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
@@ -143,25 +149,40 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]
     valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, loss_fn)]
     valid_auc = audit.split_aucs(dmp, valid, bs)
-    frozen_optima = {**(prev["frozen_optima"] if prev else {}), task: train_loss[stage]}
-    frozen_valid_all = {**(prev["frozen_valid"] if prev else {}), task: valid_loss[stage]}
-    frozen_valid_auc = {**(prev["frozen_valid_auc"] if prev else {}), task: valid_auc[stage]}
+    frozen_optima = {**(prev.frozen_optima if prev else {}), task: train_loss[stage]}
+    frozen_valid_all = {**(prev.frozen_valid if prev else {}), task: valid_loss[stage]}
+    frozen_valid_auc = {**(prev.frozen_valid_auc if prev else {}), task: valid_auc[stage]}
     lambdas = {cfg.tasks[j]: v for j, v in objective.state().get("lambda", {}).items()}
     checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
                                     frozen_valid_auc, lambdas, vtol)
-    stage_record = {
-        "task": task, "method": meta["method"], "frozen_optima": frozen_optima, "lambda_final": lambdas,
-        "tolerance": tol, "constraint_audit": checks,
-        "train_loss": dict(zip(cfg.tasks, train_loss)), "valid_loss": dict(zip(cfg.tasks, valid_loss)),
-        "valid_auc": dict(zip(cfg.tasks, valid_auc)), "epochs": history["epochs"], "history": history,
-    }
+    summary = StageSummary(
+        task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
+        tolerance=tol, constraint_audit=checks,
+        train_loss=dict(zip(cfg.tasks, train_loss)), valid_loss=dict(zip(cfg.tasks, valid_loss)),
+        valid_auc=dict(zip(cfg.tasks, valid_auc)), epochs=history["epochs"], history=history_file(stage),
+    )
     audit.enforce(checks, label, cfg.nmt.fail_on_breach)
-    meta.update(frozen_optima=frozen_optima, frozen_valid=frozen_valid_all, frozen_valid_auc=frozen_valid_auc,
-                stages=(prev["stages"] if prev else []) + [stage_record])
-    checkpoint.save(out_dir, dmp, meta, plan=plan)
+    earlier, files = _carry_histories(prev, previous_dir)
+    files[history_file(stage)] = dump_history(history)
+    meta = meta.updated(frozen_optima=frozen_optima, frozen_valid=frozen_valid_all, frozen_valid_auc=frozen_valid_auc,
+                        stages=earlier + [summary])
+    checkpoint.save(out_dir, dmp, meta, plan=plan, files=files)
     if resumer is not None:
         resumer.cleanup()
     return meta
+
+
+def _carry_histories(prev: StageManifest | None, previous_dir: str | None) -> tuple[list[StageSummary], dict]:
+    """The earlier stages' summaries and their per-step histories {artifact path: JSON}: every stage
+    artifact carries the histories of all stages so far (the report plots them from the last one).
+    A version-1 previous manifest's inline histories move to files here."""
+    summaries, files = [], {}
+    for j, s in enumerate(prev.stages if prev else []):
+        hist = read_history(previous_dir, s)
+        if hist is not None:
+            files[history_file(j)] = dump_history(hist)
+        summaries.append(replace(s, history=history_file(j) if hist is not None else None, inline_history=None))
+    return summaries, files
 
 
 def _shared_tmp(local: str) -> str:

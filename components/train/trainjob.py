@@ -8,6 +8,7 @@ mount, and copies the finished checkpoint from there into its output artifact.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from nmtrec.components.common.cluster import ClusterConfig
+from nmtrec.components.common.files import atomic_dir
 from nmtrec.components.train import launch
 
 log = logging.getLogger("nmtrec.trainjob")
@@ -157,20 +159,20 @@ def stage_on_shared(src: str | None, dest: Path) -> str | None:
     if src is None:
         return None
     if not dest.exists():
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        tmp.replace(dest)
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
     return str(dest)
 
 
 def train_stage_on_trainjob(cc: ClusterConfig, config_json: str, stage: int, dataset_dir: str, out_dir: str,
-                            previous_dir: str | None, run_id: str, client=None) -> None:
-    """Core of the multi-node step; the output checkpoint ends up in out_dir."""
-    run_dir = Path(cc.shared_mount) / "nmtrec" / run_label(run_id)  # one dataset copy per run
-    work = run_dir / f"stage-{stage + 1}"
+                            previous_dir: str | None, job_key: str, client=None) -> None:
+    """Core of the multi-node step; the output checkpoint ends up in out_dir. `job_key` names the job and
+    its work folder (the same for a retried step); the dataset is copied once for every stage reading it."""
+    root = Path(cc.shared_mount) / "nmtrec"
+    work = root / run_label(job_key) / f"stage-{stage + 1}"
     work.mkdir(parents=True, exist_ok=True)
-    data = stage_on_shared(dataset_dir, run_dir / "dataset")
+    (root / "datasets").mkdir(exist_ok=True)
+    data = stage_on_shared(dataset_dir, root / "datasets" / hashlib.sha256(dataset_dir.encode()).hexdigest()[:12])
     prev = stage_on_shared(previous_dir, work / "previous")
     ckpt = work / "checkpoint"
     if client is None:
@@ -178,8 +180,8 @@ def train_stage_on_trainjob(cc: ClusterConfig, config_json: str, stage: int, dat
         from kubeflow.trainer import TrainerClient
 
         client = TrainerClient(KubernetesBackendConfig(namespace=cc.trainjob.namespace))
-    request = build_request(cc, job_name(run_id, stage), launch_command(config_json, stage, data, str(ckpt), prev))
+    request = build_request(cc, job_name(job_key, stage), launch_command(config_json, stage, data, str(ckpt), prev))
     run_trainjob(client, cc, request)
     if not ckpt.is_dir():
-        raise TrainJobError(f"TrainJob {job_name(run_id, stage)} completed but wrote no checkpoint at {ckpt}")
+        raise TrainJobError(f"TrainJob {job_name(job_key, stage)} completed but wrote no checkpoint at {ckpt}")
     shutil.copytree(ckpt, out_dir, dirs_exist_ok=True)

@@ -1,0 +1,110 @@
+"""What each pipeline step depends on: the one definition of a step's inputs (hence its KFP cache key,
+its resume key and its local source digest's companion) and of the settings that only say how it runs.
+
+A step receives `step_inputs(cfg, step)` as its config parameter: the config keys it reads, every other
+key at its default. The run-only settings travel beside it in the environment variable RUN_SETTINGS_ENV:
+KFP's cache key on a cluster covers the image, the command and the input parameters, not the
+environment, and kfp.local's covers only the environment set on the task, not the one its subprocess
+inherits. `runtime_config` merges them back inside the step.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from nmtrec.components.common.config import Config
+
+RUN_SETTINGS_ENV = "NMTREC_RUN_SETTINGS"
+
+# how a step runs, never what it computes: processes, threads, fault tolerance, where Beam runs and
+# in which chunks (splits are drawn per line, independent of runner and chunking), the run's name
+RUN_ONLY = ("name", "cluster", "train.nproc", "train.threads", "train.retries", "train.checkpoint_every",
+            "train.resume_root", "data.runner", "data.num_workers", "data.beam_options", "data.chunk_bytes")
+
+Kind = Literal["generate", "preprocess", "stage", "joint", "evaluate"]
+
+# the config keys each kind of step reads; a step's upstream artifacts (raw data, dataset, checkpoints)
+# carry the rest of what it depends on
+READS: dict[str, tuple[str, ...]] = {
+    "generate": ("seed", "data.synthetic"),
+    "preprocess": ("seed", "data", "features"),  # not data.synthetic: the generated file is its input
+    "stage": ("seed", "tasks", "features", "model", "train", "nmt"),  # tasks[:k+1]; stage 1: not nmt
+    "joint": ("seed", "tasks", "features", "model", "train"),  # its method is a parameter of its own
+    "evaluate": ("tasks", "methods"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: Kind
+    stage: int = 0  # "stage": 0-based index of the task it trains
+
+
+def _get(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def _set(d: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d[part]
+    d[last] = copy.deepcopy(value)
+
+
+def _defaults() -> dict:
+    return Config(tasks=["-"]).model_dump()
+
+
+def step_inputs(cfg: Config, step: Step) -> Config:
+    """The config a step is given: what it reads from `cfg`, everything else at its default."""
+    full, base = cfg.model_dump(), _defaults()
+    out = copy.deepcopy(base)
+    for key in READS[step.kind]:
+        _set(out, key, _get(full, key))
+    for key in RUN_ONLY:
+        _set(out, key, _get(base, key))
+    if step.kind == "preprocess":
+        _set(out, "data.synthetic", base["data"]["synthetic"])
+    if step.kind == "stage":
+        if not 0 <= step.stage < len(cfg.tasks):
+            raise ValueError(f"stage {step.stage + 1} does not exist for tasks {cfg.tasks}")
+        out["tasks"] = cfg.tasks[:step.stage + 1]
+        if step.stage == 0:  # one task, no constraints: NMT's settings are not read
+            out["nmt"] = base["nmt"]
+    return Config.model_validate(out)
+
+
+def step_inputs_json(cfg: Config, step: Step) -> str:
+    return step_inputs(cfg, step).to_json()
+
+
+def run_settings(cfg: Config) -> dict:
+    """The run-only values of `cfg` (dotted key -> value). With GPUs, a train pod runs one process per GPU."""
+    full = cfg.model_dump()
+    out = {key: _get(full, key) for key in RUN_ONLY}
+    if cfg.cluster is not None and cfg.cluster.gpus:
+        out["train.nproc"] = cfg.cluster.gpus
+    return out
+
+
+def run_settings_json(cfg: Config) -> str:
+    return json.dumps(run_settings(cfg), sort_keys=True)
+
+
+def runtime_config(config_json: str, settings_json: str | None = None) -> Config:
+    """A step's config inside the step: its inputs plus the run settings of its environment (if any)."""
+    settings_json = settings_json if settings_json is not None else os.environ.get(RUN_SETTINGS_ENV)
+    cfg = Config.from_json(config_json)
+    if not settings_json:
+        return cfg
+    out = cfg.model_dump()
+    for key, value in json.loads(settings_json).items():
+        if key not in RUN_ONLY:
+            raise ValueError(f"{RUN_SETTINGS_ENV}: {key!r} is not a run-only setting ({', '.join(RUN_ONLY)})")
+        _set(out, key, value)
+    return Config.model_validate(out)
