@@ -1,0 +1,617 @@
+"""Prioritization on a family of planted worlds (+ the real Tenrec sbr extract): NMT vs single-task and the weight grid.
+
+Every world (benchmarks/worlds.py: settings x world seeds) is trained with ONE config
+(`configs/bench_priority.yaml`; a world replaces only its data section, the online setting also the
+head and loss), several training seeds each: single_task (= NMT's stage 1, trained once per seed and
+reused), nmt (stage 2 from it), equal_weights and the weight grid. Per world, over the seed means:
+- gap = NMT primary AUC - single-task primary AUC; primary_ok: gap >= -0.005;
+- not_dominated: no grid point has both AUCs >= NMT's;
+- secondary_ok: NMT secondary >= (best secondary of the grid points whose primary >= single-task
+  - 0.002) - 0.005 (ok when no grid point qualifies; the table says so);
+- audit_ok: no breach in NMT's stage-2 audit in any seed (`audit_entries` picks the audit).
+Results of every run accumulate in <output>/priority.json, keyed by a hash of what each training
+depends on (its step inputs, the dataset, the code): a rerun with the same config and `--set`
+overrides skips what is there; `--set nmt.*` retrains only NMT's stage 2. Writes a table,
+<output>/priority.png, and as the last line one JSON object (worlds, mean_primary_gap, the four
+fractions, seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PRIMARY_OK = -0.005  # (a): NMT primary - single-task primary, per world
+PRIMARY_MEAN_OK = -0.002  # (a): the same, mean over worlds
+SECONDARY_SLACK = 0.002  # (c): grid points with primary >= single-task - this qualify
+SECONDARY_OK = -0.005  # (c): NMT secondary - best qualifying grid secondary
+GRID = ("0.9:0.1", "0.7:0.3", "0.5:0.5", "0.3:0.7", "0.1:0.9")
+QUICK_GRID = ("0.9:0.1", "0.5:0.5", "0.1:0.9")
+TARGETS = {"primary_ok_fraction": 0.9, "not_dominated_fraction": 0.9, "secondary_ok_fraction": 0.8,
+           "audit_ok_fraction": 0.9}
+VERSION = 1
+# the sources whose every file keys the cached results: a code change retrains (--ignore-code: keep)
+CODE_DIRS = ("components", "models")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/bench_priority.yaml", help="the one config of every world")
+    p.add_argument("--output", default="runs/bench-priority", help="priority.json, priority.png, datasets, logs")
+    p.add_argument("--worlds", default=None,
+                   help="comma-separated world names or glob patterns (e.g. 'dense-*,sbr'); default: all")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per world")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override the config for every world (YAML value), e.g. nmt.relative_tolerance=0.02")
+    p.add_argument("--quick", action="store_true", help="2 worlds x 1 seed, 3-point grid (smoke runs)")
+    p.add_argument("--tiny", action="store_true", help="tiny worlds and 2 epochs (tests only: numbers mean nothing)")
+    p.add_argument("--no-sbr", action="store_true", help="leave out the real Tenrec sbr extract")
+    p.add_argument("--ignore-code", action="store_true",
+                   help="reuse cached results although components/ or models/ changed since they were trained")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target (a)-(d) is missed")
+    p.add_argument("--list", action="store_true", help="list the worlds and exit")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def parse_set(item: str) -> tuple[str, object]:
+    """'nmt.relative_tolerance=0.02' -> ('nmt.relative_tolerance', 0.02) (the value read as YAML)."""
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_sets(raw: dict, sets: list[tuple[str, object]]) -> dict:
+    out = copy.deepcopy(raw)
+    for key, value in sets:
+        *parents, last = key.split(".")
+        d = out
+        for part in parents:
+            d = d.setdefault(part, {})
+            if not isinstance(d, dict):
+                raise ValueError(f"--set {key}: {part} is not a section")
+        d[last] = value
+    return out
+
+
+def world_config(base: dict, world, sets: list, grid: tuple[str, ...], tiny: bool = False):
+    """The config of one world: the base, the world's data (and head/loss) overrides, then --set."""
+    from nmtrec.components.common.config import Config
+
+    raw = copy.deepcopy(base)
+    for section, values in world.overrides().items():
+        if isinstance(values, dict) and section != "data":
+            raw[section] = {**raw.get(section, {}), **values}
+        else:
+            raw[section] = values
+    raw["methods"] = ["nmt", "single_task", "equal_weights"] + [f"weight_grid:{g}" for g in grid]
+    if tiny:
+        raw = apply_sets(raw, [("train.max_epochs", 2), ("train.patience", 0)])
+    raw = apply_sets(raw, sets)
+    raw["seed"] = world.seed
+    return Config.model_validate(raw)
+
+
+def _digest(obj) -> str:
+    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def code_digest(root: Path, dirs=CODE_DIRS) -> str:
+    h = hashlib.sha256()
+    for d in dirs:
+        for f in sorted((root / d).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def data_key(cfg, world) -> str:
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
+
+    return _digest([world.name, step_inputs_json(cfg, Step("generate")), step_inputs_json(cfg, Step("preprocess")),
+                    world.source_file()])
+
+
+def method_keys(cfg, dkey: str, seed: int, code: str) -> dict[str, str]:
+    """{method: key}: what each training depends on (its step inputs at this seed, the data, the code)."""
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
+
+    c = cfg.updated(seed=seed)
+    s1 = step_inputs_json(c, Step("stage", 0))
+    keys = {"single_task": _digest([VERSION, "single_task", s1, dkey, code]),
+            "nmt": _digest([VERSION, "nmt", s1, step_inputs_json(c, Step("stage", 1)), dkey, code])}
+    joint = step_inputs_json(c, Step("joint"))
+    for m in cfg.methods:
+        if m not in keys:
+            keys[m] = _digest([VERSION, m, joint, dkey, code])
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+def audit_entries(meta) -> tuple[str, list[dict]]:
+    """(source, entries with a "breach" flag) of the last stage of an NMT manifest: the out-of-sample
+    (test, paired) audit when the manifest has one, else the validation constraint audit.
+    The one place that decides which audit `audit_ok` reads."""
+    s = meta.stages[-1]
+    for name in ("test_audit",):
+        entries = getattr(s, name, None) or getattr(meta, name, None)
+        if entries:
+            return name, list(entries)
+    return "constraint_audit", list(s.constraint_audit)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+def _init_worker(log_dir: str) -> None:
+    """Worker process: one intra-op thread, no progress bars, its output into a log file."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+
+
+def _json_safe(x):
+    """Plain JSON (numpy scalars and NaN -> float / None)."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and x != x:
+        return None
+    return x
+
+
+def build_world_data(job: dict) -> dict:
+    """Generate (synthetic) and preprocess one world's dataset into job["dir"]; its oracle AUC."""
+    import shutil
+
+    from nmtrec.components.common.config import Config
+    from nmtrec.components.common.step_inputs import Step, step_inputs_json
+    from nmtrec.components.evaluate.oracle import oracle_report
+    from nmtrec.components.generate.synthetic import SyntheticSpec, generate
+    from nmtrec.components.preprocess.from_config import preprocess_from_config
+
+    start = time.time()
+    cfg = Config.from_json(job["config"])
+    root = Path(job["dir"])
+    dataset = root / "dataset"
+    if not (dataset / "feature_spec.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        if cfg.data.source == "synthetic":
+            csv = root / "data.csv"
+            generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), csv)
+        else:
+            csv = Path(cfg.data.path)
+        preprocess_from_config(step_inputs_json(cfg, Step("preprocess")), str(csv), str(dataset))
+        if cfg.data.source == "synthetic":
+            csv.unlink()
+    from nmtrec.components.common.feature_spec import FeatureSpec
+
+    spec = FeatureSpec.read(dataset)
+    info = {"world": job["world"], "oracle_auc": oracle_report(dataset, cfg.tasks).get("oracle_auc", {}),
+            "rows": spec.rows_per_split(), "positives": {t: spec.positives.get(t) for t in cfg.tasks},
+            "seconds": time.time() - start}
+    (root / "info.json").write_text(json.dumps(_json_safe(info)))
+    return _json_safe(info)
+
+
+def _result(meta, metrics: dict, seconds: float, **extra) -> dict:
+    return {"auc": metrics["auc"], "logloss": metrics.get("logloss"), "epochs": getattr(meta, "epochs", None),
+            "seconds": seconds, **extra}
+
+
+def _save(results_dir: Path, key: str, record: dict) -> None:
+    tmp = results_dir / f".{key}.tmp"
+    tmp.write_text(json.dumps(_json_safe(record)))
+    tmp.replace(results_dir / f"{key}.json")
+
+
+def train_unit(job: dict) -> dict:
+    """One world x training seed: the methods in job["todo"] ({method: key}); each result saved as
+    soon as it exists (results/<key>.json), stage 1's checkpoint kept for later NMT variants."""
+    import shutil
+
+    from nmtrec.components.common.config import Config
+    from nmtrec.components.evaluate.scoring import evaluate_checkpoint
+    from nmtrec.components.train.joint import run_joint
+    from nmtrec.components.train.stage import run_stage
+
+    cfg = Config.from_json(job["config"]).updated(seed=job["seed"])
+    # threads: run-only, methods: not read by a training step (a stage cuts tasks to its own): no key changes
+    cfg = cfg.updated(train={"threads": 1}, methods=["nmt"])
+    dataset, results = job["dataset"], Path(job["results"])
+    keys, todo = job["keys"], job["todo"]
+    base = {"world": job["world"], "seed": job["seed"], "tasks": cfg.tasks, "sets": job["sets"], "code": job["code"]}
+    s1 = Path(job["ckpt"]) / f"s1-{keys['single_task']}"
+    out = {}
+    work = Path(job["ckpt"]) / f"work-{job['seed']}-{os.getpid()}"
+
+    def stage1():
+        if not (s1 / "stage.json").is_file():
+            start = time.time()
+            tmp = s1.with_name(s1.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            meta = run_stage(cfg, 0, dataset, str(tmp))
+            tmp.rename(s1)
+            return meta, time.time() - start
+        from nmtrec.components.train.checkpoint import read_meta
+
+        return read_meta(str(s1)), 0.0
+
+    try:
+        if "single_task" in todo or "nmt" in todo:
+            meta, seconds = stage1()
+            if "single_task" in todo:
+                start = time.time()
+                metrics, _ = evaluate_checkpoint(str(s1), dataset)
+                rec = {**base, "method": "single_task",
+                       **_result(meta.stages[-1], metrics, seconds + time.time() - start)}
+                _save(results, keys["single_task"], rec)
+                out["single_task"] = rec
+        if "nmt" in todo:
+            start = time.time()
+            target = work / "nmt"
+            meta = run_stage(cfg, 1, dataset, str(target), str(s1))
+            metrics, _ = evaluate_checkpoint(str(target), dataset)
+            source, entries = audit_entries(meta)
+            s = meta.stages[-1]
+            rec = {**base, "method": "nmt", **_result(s, metrics, time.time() - start),
+                   "audit_source": source, "audit": entries, "breach": any(bool(a.get("breach")) for a in entries),
+                   "lambda_final": s.lambda_final}
+            _save(results, keys["nmt"], rec)
+            out["nmt"] = rec
+            shutil.rmtree(target, ignore_errors=True)
+        for m in todo:
+            if m in ("single_task", "nmt"):
+                continue
+            start = time.time()
+            target = work / m.replace(":", "_")
+            meta = run_joint(cfg, m, dataset, str(target))
+            metrics, _ = evaluate_checkpoint(str(target), dataset)
+            rec = {**base, "method": m, **_result(meta, metrics, time.time() - start)}
+            _save(results, keys[m], rec)
+            out[m] = rec
+            shutil.rmtree(target, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"world": job["world"], "seed": job["seed"], "done": sorted(out)}
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def seed_means(runs: list[dict], tasks: list[str]) -> dict:
+    """[{method: {"auc": {task: x}}} per seed] -> {method: {task: mean AUC over the seeds that have it}}."""
+    methods = sorted({m for r in runs for m in r})
+    return {m: {t: _mean([r[m]["auc"].get(t) for r in runs if m in r]) for t in tasks} for m in methods}
+
+
+def judge_world(runs: list[dict], tasks: list[str], grid: list[str]) -> dict:
+    """The four per-world criteria on the seed means. `runs`: one {method: {"auc": {...}, "breach"?}} per
+    seed; `grid`: the weight-grid method names in weight order (most weight on the primary first)."""
+    p, s = tasks[0], tasks[1]
+    mean = seed_means(runs, tasks)
+    nmt_p, nmt_s, single = mean["nmt"][p], mean["nmt"][s], mean["single_task"][p]
+    points = [(g, mean[g][p], mean[g][s]) for g in grid if g in mean]
+    gap = nmt_p - single
+    dominated_by = [g for g, gp, gs in points if gp >= nmt_p and gs >= nmt_s]
+    qualifying = [(g, gp, gs) for g, gp, gs in points if gp >= single - SECONDARY_SLACK]
+    if qualifying:
+        best = max(qualifying, key=lambda x: x[2])
+        secondary_ok = nmt_s >= best[2] + SECONDARY_OK
+        best_name, best_s = best[0], best[2]
+    else:
+        secondary_ok, best_name, best_s = True, None, None
+    breaches = [bool(r["nmt"].get("breach")) for r in runs if "nmt" in r]
+    return {
+        "seeds": len(runs), "mean_auc": mean, "single_primary": single, "nmt_primary": nmt_p,
+        "nmt_secondary": nmt_s, "gap": gap, "primary_ok": gap >= PRIMARY_OK,
+        "dominated_by": dominated_by, "not_dominated": not dominated_by,
+        "best_qualifying": best_name, "best_qualifying_secondary": best_s,
+        "secondary_margin": None if best_s is None else nmt_s - best_s,
+        "secondary_ok": secondary_ok, "no_grid_point_qualifies": not qualifying,
+        "audit_breaches": sum(breaches), "audit_ok": not any(breaches),
+        "best_grid_primary": max((gp for _, gp, _ in points), default=None),
+    }
+
+
+def summarize(judged: dict[str, dict], seconds: float) -> dict:
+    """The bench's last line: fractions of worlds meeting each criterion, the mean gap, the targets."""
+    n = len(judged)
+
+    def frac(key):
+        return sum(1 for j in judged.values() if j[key]) / n if n else None
+
+    gaps = [j["gap"] for j in judged.values()]
+    out = {
+        "worlds": n,
+        "mean_primary_gap": round(sum(gaps) / n, 5) if n else None,
+        "primary_ok_fraction": frac("primary_ok"),
+        "not_dominated_fraction": frac("not_dominated"),
+        "secondary_ok_fraction": frac("secondary_ok"),
+        "audit_ok_fraction": frac("audit_ok"),
+    }
+    out["targets_met"] = bool(n) and out["mean_primary_gap"] >= PRIMARY_MEAN_OK and all(
+        out[k] >= v for k, v in TARGETS.items())
+    out["failing"] = {k: sorted(w for w, j in judged.items() if not j[k])
+                      for k in ("primary_ok", "not_dominated", "secondary_ok", "audit_ok")}
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def _fmt(x, spec=".4f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(judged: dict, tasks_of: dict, oracle: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="bench priority: seed means, test split (primary > secondary)")
+    for col in ("world", "tasks", "oracle p", "single p", "nmt p", "gap", "nmt s", "best grid s*", "eq p / s",
+                "P", "D", "S", "A"):
+        t.add_column(col, justify="right" if col not in ("world", "tasks") else "left")
+    ok = {True: "ok", False: "[red]NO[/red]"}
+    for w, j in judged.items():
+        p, s = tasks_of[w]
+        eq = j["mean_auc"].get("equal_weights", {})
+        best = j["best_qualifying"]
+        best_txt = "none" if best is None else f"{_fmt(j['best_qualifying_secondary'])} ({best.split(':', 1)[1]})"
+        dom = ok[j["not_dominated"]] if j["not_dominated"] else "[red]" + ",".join(
+            d.split(":", 1)[1] for d in j["dominated_by"]) + "[/red]"
+        t.add_row(w, f"{p}>{s}", _fmt(oracle.get(w, {}).get(p)), _fmt(j["single_primary"]), _fmt(j["nmt_primary"]),
+                  _fmt(j["gap"], "+.4f"), _fmt(j["nmt_secondary"]), best_txt,
+                  f"{_fmt(eq.get(p))} / {_fmt(eq.get(s))}", ok[j["primary_ok"]], dom,
+                  ok[j["secondary_ok"]] + ("*" if j["no_grid_point_qualifies"] else ""),
+                  ok[j["audit_ok"]] if j["audit_ok"] else f"[red]{j['audit_breaches']}/{j['seeds']}[/red]")
+    Console(width=200).print(t)
+    print("P: gap >= -0.005   D: no grid point dominates (else: the ones that do)   "
+          "S: nmt s >= best grid s* - 0.005 (*: grid points with primary >= single - 0.002; 'ok*': none qualifies)   "
+          "A: no audit breach (else breaches/seeds)")
+
+
+def plot(judged: dict, tasks_of: dict, grid: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(judged)
+    cols = 4
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, w in zip(axes.flat, names):
+        j, (p, s) = judged[w], tasks_of[w]
+        mean = j["mean_auc"]
+        pts = [(mean[g][p], mean[g][s], g.split(":", 1)[1]) for g in grid if g in mean]
+        if pts:
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o-", color="tab:gray", ms=3, lw=1, label="grid")
+            for x, y, lab in (pts[0], pts[-1]):
+                ax.annotate(lab, (x, y), fontsize=6, color="tab:gray")
+        ax.axvline(j["single_primary"], color="tab:blue", lw=1, ls="--", label="single-task")
+        if "equal_weights" in mean:
+            ax.plot(mean["equal_weights"][p], mean["equal_weights"][s], "s", color="tab:orange", ms=5, label="equal")
+        ax.plot(j["nmt_primary"], j["nmt_secondary"], "*", color="tab:red", ms=10, label="nmt")
+        flags = "".join(c if j[k] else c.lower() for c, k in
+                        (("P", "primary_ok"), ("D", "not_dominated"), ("S", "secondary_ok"), ("A", "audit_ok")))
+        ax.set_title(f"{w}  {flags}", fontsize=8)
+        ax.set_xlabel(f"{p} AUC", fontsize=7)
+        ax.set_ylabel(f"{s} AUC", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6, loc="best")
+    fig.suptitle("primary vs secondary test AUC (seed means); lower-case flag = criterion missed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def _load_results(output: Path) -> dict:
+    path = output / "priority.json"
+    results = {}
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text()).get("results", {})
+        except (json.JSONDecodeError, AttributeError):
+            results = {}
+    for f in sorted((output / "results").glob("*.json")):
+        try:
+            results.setdefault(f.stem, json.loads(f.read_text()))
+        except json.JSONDecodeError:
+            continue
+    return results
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=1))
+    tmp.replace(path)
+
+
+def _pool_map(fn, jobs: list, workers: int, log_dir: Path, on_result):
+    if workers <= 0:
+        for job in jobs:
+            on_result(fn(job))
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)) or 1, initializer=_init_worker,
+                                        initargs=(str(log_dir),))
+    try:
+        for res in pool.imap_unordered(fn, jobs):
+            on_result(res)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def run(args) -> int:
+    import yaml
+
+    from benchmarks.worlds import family, sbr_world
+
+    start = time.time()
+    root = Path(__file__).resolve().parents[1]
+    output = Path(args.output)
+    (output / "results").mkdir(parents=True, exist_ok=True)
+    log_dir = output / "logs"
+    sets = [parse_set(s) for s in args.sets]
+    base = yaml.safe_load(Path(args.config).read_text())
+    grid = QUICK_GRID if args.quick else GRID
+    grid_methods = [f"weight_grid:{g}" for g in grid]
+
+    worlds = family(tiny=args.tiny)
+    if not args.no_sbr:
+        sbr = sbr_world(root, tiny=args.tiny)
+        if sbr is not None:
+            worlds.append(sbr)
+    if args.worlds:
+        import fnmatch
+
+        pats = [p.strip() for p in args.worlds.split(",") if p.strip()]
+        worlds = [w for w in worlds if any(fnmatch.fnmatchcase(w.name, p) for p in pats)]
+    elif args.quick:
+        worlds = [w for w in worlds if w.name in ("dense-1", "online-1")]
+    if not worlds:
+        print("no world matches", file=sys.stderr)
+        return 2
+    if args.list:
+        for w in worlds:
+            print(w.name, json.dumps(w.overrides()))
+        return 0
+    seeds = list(range(1, 2 if args.quick else args.seeds + 1))
+    code = "any" if args.ignore_code else code_digest(root)
+    data_code = code_digest(root, ("components/generate", "components/preprocess"))
+    set_text = [f"{k}={json.dumps(v)}" for k, v in sets]
+
+    cfgs = {w.name: world_config(base, w, sets, grid, tiny=args.tiny) for w in worlds}
+    dkeys = {w.name: _digest([data_key(cfgs[w.name], w), data_code]) for w in worlds}
+    ddirs = {w.name: output / "data" / f"{w.name}-{dkeys[w.name]}" for w in worlds}
+
+    # 1. datasets (cached per world)
+    infos = {}
+    todo_data = []
+    for w in worlds:
+        f = ddirs[w.name] / "info.json"
+        if f.is_file() and (ddirs[w.name] / "dataset" / "feature_spec.json").is_file():
+            infos[w.name] = json.loads(f.read_text())
+        else:
+            todo_data.append({"world": w.name, "config": cfgs[w.name].to_json(), "dir": str(ddirs[w.name])})
+    if todo_data:
+        print(f"building {len(todo_data)} dataset(s) with {args.workers} worker(s) ...", flush=True)
+        _pool_map(build_world_data, todo_data, args.workers, log_dir, lambda r: infos.__setitem__(r["world"], r))
+
+    # 2. trainings: one job per world x seed, only the methods not already in the results
+    results = _load_results(output)
+    keys, jobs = {}, []
+    for w in worlds:
+        cfg = cfgs[w.name]
+        for seed in seeds:
+            k = method_keys(cfg, dkeys[w.name], seed, code)
+            keys[(w.name, seed)] = k
+            todo = [m for m in ["single_task", "nmt", "equal_weights"] + grid_methods if k[m] not in results]
+            if todo:
+                jobs.append({"world": w.name, "seed": seed, "config": cfg.to_json(), "keys": k, "todo": todo,
+                             "dataset": str(ddirs[w.name] / "dataset"), "results": str(output / "results"),
+                             "ckpt": str(ddirs[w.name] / "ckpt"), "sets": set_text, "code": code,
+                             "cost": w.cost() * len(todo)})
+    jobs.sort(key=lambda j: -j["cost"])  # big ones first: the two workers finish together
+    total = len(jobs)
+    print(f"{len(worlds)} world(s) x {len(seeds)} seed(s): {total} unit(s) to train "
+          f"({sum(len(j['todo']) for j in jobs)} trainings), {len(keys) - total} cached; "
+          f"{args.workers} worker(s); logs in {log_dir}", flush=True)
+    done = [0]
+
+    def on_unit(res):
+        done[0] += 1
+        print(f"[{done[0]}/{total}] {res['world']} seed {res['seed']}: {', '.join(res['done'])} "
+              f"({time.time() - start:.0f} s)", flush=True)
+        _write_json(output / "priority.json", {"version": VERSION, "results": _load_results(output),
+                                                "runs": _previous_runs(output)})
+
+    if jobs:
+        for d in ddirs.values():
+            (d / "ckpt").mkdir(parents=True, exist_ok=True)
+        _pool_map(train_unit, jobs, args.workers, log_dir, on_unit)
+
+    # 3. aggregate this configuration's results
+    results = _load_results(output)
+    judged, tasks_of, per_world = {}, {}, {}
+    for w in worlds:
+        cfg = cfgs[w.name]
+        runs = []
+        for seed in seeds:
+            k = keys[(w.name, seed)]
+            runs.append({m: results[k[m]] for m in k if k[m] in results})
+        tasks_of[w.name] = cfg.tasks[:2]
+        judged[w.name] = judge_world(runs, cfg.tasks[:2], grid_methods)
+        per_world[w.name] = {"setting": w.setting, "world_seed": w.seed, "tasks": cfg.tasks[:2],
+                             "data": infos.get(w.name), "seeds": {str(s): r for s, r in zip(seeds, runs)},
+                             "judged": judged[w.name]}
+    seconds = time.time() - start
+    print_table(judged, tasks_of, {w: (infos.get(w) or {}).get("oracle_auc", {}) for w in judged})
+    png = output / "priority.png"
+    plot(judged, tasks_of, grid_methods, png)
+    summary = summarize(judged, seconds)
+    train_seconds = sum(r["seconds"] for pw in per_world.values() for run_ in pw["seeds"].values()
+                        for r in run_.values())
+    audit_sources = sorted({r.get("audit_source") for pw in per_world.values() for run_ in pw["seeds"].values()
+                            for r in run_.values() if r.get("audit_source")})
+    run_record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args), "sets": set_text,
+                  "code": code, "seeds": seeds, "grid": grid_methods, "audit_source": audit_sources,
+                  "training_seconds_summed": round(train_seconds, 1), "worlds": per_world, "summary": summary,
+                  "load_average": os.getloadavg()}
+    _write_json(output / "priority.json", {"version": VERSION, "results": results,
+                                           "runs": _previous_runs(output) + [run_record]})
+    print(f"audit read from: {', '.join(audit_sources) or '-'};  training time summed over units: "
+          f"{train_seconds:.0f} s;  wall: {seconds:.0f} s;  load average now: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(f"plot: {png}   results: {output / 'priority.json'}")
+    last = {k: summary[k] for k in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
+                                    "secondary_ok_fraction", "audit_ok_fraction")}
+    last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid),
+                 "sets": set_text, "audit_source": audit_sources, "failing": summary["failing"],
+                 "seconds": summary["seconds"]})
+    print(json.dumps(last))
+    return 1 if args.strict and not summary["targets_met"] else 0
+
+
+def _previous_runs(output: Path) -> list:
+    path = output / "priority.json"
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text()).get("runs", [])
+    except (json.JSONDecodeError, AttributeError):
+        return []

@@ -1,0 +1,144 @@
+"""`nmtrec bench priority`: the per-world criteria on hand-made numbers, and one tiny smoke run of the CLI."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+priority = importlib.import_module("benchmarks.priority")
+worlds = importlib.import_module("benchmarks.worlds")
+
+TASKS = ["like", "click"]
+GRID = [f"weight_grid:{g}" for g in ("0.9:0.1", "0.7:0.3", "0.5:0.5", "0.3:0.7", "0.1:0.9")]
+
+
+def seed(single, nmt, grid, breach=False, equal=(0.70, 0.80)):
+    """One training seed: single-task primary, NMT (primary, secondary), grid [(primary, secondary)...]."""
+    run = {"single_task": {"auc": {"like": single}}, "nmt": {"auc": dict(zip(TASKS, nmt)), "breach": breach},
+           "equal_weights": {"auc": dict(zip(TASKS, equal))}}
+    run.update({g: {"auc": dict(zip(TASKS, pt))} for g, pt in zip(GRID, grid)})
+    return run
+
+
+# a grid that trades like for click, monotonically
+TRADE = [(0.760, 0.70), (0.750, 0.75), (0.740, 0.78), (0.720, 0.80), (0.700, 0.81)]
+
+
+def test_nmt_on_the_front_passes_everything():
+    j = priority.judge_world([seed(0.760, (0.759, 0.74), TRADE)], TASKS, GRID)
+    assert j["gap"] == pytest.approx(-0.001)
+    assert j["primary_ok"] and j["not_dominated"] and j["audit_ok"]
+    # grid points with like >= 0.760 - 0.002: only 0.9:0.1 (click 0.70); NMT's 0.74 beats it
+    assert j["best_qualifying"] == "weight_grid:0.9:0.1" and j["secondary_ok"]
+    assert not j["no_grid_point_qualifies"]
+
+
+def test_dominated_when_a_grid_point_is_at_least_as_good_on_both():
+    j = priority.judge_world([seed(0.760, (0.750, 0.75), TRADE)], TASKS, GRID)
+    assert j["dominated_by"] == ["weight_grid:0.7:0.3"]  # ties count: both AUCs >= NMT's
+    assert not j["not_dominated"]
+    assert not j["primary_ok"]  # gap -0.010
+    j = priority.judge_world([seed(0.760, (0.7549, 0.90), TRADE)], TASKS, GRID)
+    assert j["not_dominated"] and not j["primary_ok"]  # gap -0.0051
+
+
+def test_secondary_rule_uses_only_grid_points_that_keep_the_primary():
+    grid = [(0.765, 0.76), (0.759, 0.79), (0.740, 0.82), (0.72, 0.83), (0.70, 0.84)]
+    # qualifying: like >= 0.758 -> 0.9:0.1 (0.76) and 0.7:0.3 (0.79): best 0.79; 0.82+ do not count
+    ok = priority.judge_world([seed(0.760, (0.760, 0.786), grid)], TASKS, GRID)
+    assert ok["best_qualifying"] == "weight_grid:0.7:0.3" and ok["secondary_ok"]
+    assert ok["secondary_margin"] == pytest.approx(-0.004)
+    bad = priority.judge_world([seed(0.760, (0.760, 0.784), grid)], TASKS, GRID)
+    assert not bad["secondary_ok"]
+
+
+def test_secondary_ok_when_no_grid_point_qualifies():
+    grid = [(0.70, 0.80)] * 5
+    j = priority.judge_world([seed(0.760, (0.760, 0.50), grid)], TASKS, GRID)
+    assert j["no_grid_point_qualifies"] and j["secondary_ok"] and j["best_qualifying"] is None
+
+
+def test_seed_means_then_criteria_and_audit_over_seeds():
+    a = seed(0.760, (0.750, 0.74), TRADE)
+    b = seed(0.760, (0.766, 0.74), TRADE, breach=True)
+    j = priority.judge_world([a, b], TASKS, GRID)
+    assert j["nmt_primary"] == pytest.approx(0.758) and j["gap"] == pytest.approx(-0.002)
+    assert j["primary_ok"] and j["not_dominated"]
+    assert j["audit_breaches"] == 1 and not j["audit_ok"]
+    assert j["seeds"] == 2
+
+
+def test_summary_fractions_and_targets():
+    judged = {
+        "w1": priority.judge_world([seed(0.760, (0.759, 0.74), TRADE)], TASKS, GRID),  # all ok
+        "w2": priority.judge_world([seed(0.760, (0.740, 0.70), TRADE)], TASKS, GRID),  # gap -0.02, dominated
+        "w3": priority.judge_world([seed(0.760, (0.760, 0.74), TRADE, breach=True)], TASKS, GRID),
+        "w4": priority.judge_world([seed(0.760, (0.761, 0.60), TRADE)], TASKS, GRID),  # secondary too low
+    }
+    s = priority.summarize(judged, 12.34)
+    assert s["worlds"] == 4
+    assert s["mean_primary_gap"] == pytest.approx((-0.001 - 0.020 + 0.0 + 0.001) / 4)
+    assert s["primary_ok_fraction"] == 0.75
+    assert s["not_dominated_fraction"] == 0.75
+    assert s["secondary_ok_fraction"] == 0.75
+    assert s["audit_ok_fraction"] == 0.75
+    assert s["failing"] == {"primary_ok": ["w2"], "not_dominated": ["w2"], "secondary_ok": ["w4"], "audit_ok": ["w3"]}
+    assert not s["targets_met"] and s["seconds"] == 12.3
+    good = priority.summarize({"w1": judged["w1"]}, 1.0)
+    assert good["targets_met"]
+
+
+def test_set_overrides_and_world_configs():
+    import yaml
+
+    base = yaml.safe_load((ROOT / "configs" / "bench_priority.yaml").read_text())
+    sets = [priority.parse_set("nmt.relative_tolerance=0.02"), priority.parse_set("train.max_epochs=3")]
+    fam = {w.name: w for w in worlds.family()}
+    assert len(fam) >= 16 and len({w.setting for w in fam.values()}) >= 4
+    dense = priority.world_config(base, fam["dense-1"], sets, priority.GRID)
+    online = priority.world_config(base, fam["online-1"], sets, priority.GRID)
+    assert dense.nmt.relative_tolerance == 0.02 and dense.train.max_epochs == 3
+    assert online.model.head == "shared_score" and online.train.loss == "pairwise"
+    assert dense.model.head == "towers" and dense.train.loss == "bce"
+    # one config: model, train (but the online loss) and nmt are the same in every world
+    for name in fam:
+        c = priority.world_config(base, fam[name], sets, priority.GRID)
+        assert c.nmt == dense.nmt and c.model.embedding_dim == dense.model.embedding_dim
+        assert c.train.lr == dense.train.lr and c.seed == fam[name].seed
+    with pytest.raises(ValueError):
+        priority.parse_set("no-equals-sign")
+    # --set nmt.* changes only NMT's key: stage 1 and the baselines are reused
+    plain = priority.world_config(base, fam["dense-1"], [], priority.GRID)
+    k1 = priority.method_keys(plain, "d", 1, "c")
+    k2 = priority.method_keys(plain.updated(nmt={"relative_tolerance": 0.05}), "d", 1, "c")
+    assert k1["nmt"] != k2["nmt"]
+    assert {m: k for m, k in k1.items() if m != "nmt"} == {m: k for m, k in k2.items() if m != "nmt"}
+    assert priority.method_keys(plain, "d", 2, "c")["single_task"] != k1["single_task"]
+
+
+@pytest.mark.slow
+def test_quick_tiny_run_through_the_cli(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "nmtrec.pipelines.cli", "bench", "priority", "--quick", "--tiny",
+           "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
+                "secondary_ok_fraction", "audit_ok_fraction", "seconds"):
+        assert key in last
+    assert last["worlds"] == 2
+    data = json.loads((out / "priority.json").read_text())
+    assert len(data["runs"]) == 1 and (out / "priority.png").is_file()
+    # 2 worlds x 1 seed x (single_task, nmt, equal_weights, 3 grid points)
+    assert len(data["results"]) == 12
+    # a rerun trains nothing
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 unit(s) to train" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1])["mean_primary_gap"] == last["mean_primary_gap"]
