@@ -7,8 +7,8 @@ rates and how much the like and click factors share (`conflict`, the correlation
 the like logit shares conflict^2 of its variance with click's):
 - dense:    few users/items, frequent likes (6%), independent factors: the tasks compete for the
             8-dim embeddings (12 latent dimensions to hold), joint training should cost like;
-- sparse:   more users/items, a long tail (popularity 1.2), rare likes (2%), independent factors:
-            little data per id, click's 10x more positives dominate a joint model;
+- sparse:   more users/items, a long tail (popularity 1.2), rare likes (2.5%), weakly shared factors
+            (0.3): little data per id, click's 8x more positives dominate a joint model;
 - transfer: small, rare likes (3%) on factors shared with click (conflict 0.9): click's labels teach
             like, so joint training helps the top task (positive transfer);
 - online:   the paper's online form, one shared score + pairwise loss, partly shared factors (0.5).
@@ -25,8 +25,8 @@ WORLD_SEEDS = (1, 2, 3, 4)
 SETTINGS: dict[str, dict] = {
     "dense": {"synthetic": {"rows": 60_000, "users": 60, "items": 120, "latent_dim": 6, "click_rate": 0.3,
                             "like_rate": 0.06, "conflict": 0.0}},
-    "sparse": {"synthetic": {"rows": 80_000, "users": 200, "items": 400, "latent_dim": 6, "click_rate": 0.2,
-                             "like_rate": 0.02, "conflict": 0.0, "popularity": 1.2}},
+    "sparse": {"synthetic": {"rows": 80_000, "users": 150, "items": 300, "latent_dim": 6, "click_rate": 0.2,
+                             "like_rate": 0.025, "conflict": 0.3, "popularity": 1.2}},
     "transfer": {"synthetic": {"rows": 40_000, "users": 80, "items": 160, "latent_dim": 4, "click_rate": 0.24,
                                "like_rate": 0.03, "conflict": 0.9}},
     "online": {"synthetic": {"rows": 60_000, "users": 80, "items": 160, "latent_dim": 6, "click_rate": 0.3,

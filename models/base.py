@@ -89,6 +89,7 @@ class MultiTaskModel(nn.Module):
         self.input_dim = sum(per_feature[f] for f in self.features)
         self.tower_dims = list(tower_dims)
         self.embedding_l2 = embedding_l2
+        self.frozen_shared = False  # True: embeddings are detached (a stage's warm-up trains heads only)
 
     def build_towers(self, rep_dim: int) -> None:
         """Called by the architecture once it knows its representation size."""
@@ -99,6 +100,8 @@ class MultiTaskModel(nn.Module):
     def embed(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.sparse(kjt).to_dict()
         x = torch.cat([pooled[f] for f in self.features], dim=1)
+        if self.frozen_shared:
+            return x.detach()
         if self.embedding_l2 > 0 and x.requires_grad:
             # L2 on the looked-up embeddings, l2 * mean_batch ||x||^2, added as its gradient: the fused
             # embedding optimizer then decays exactly the rows this batch touched

@@ -6,6 +6,7 @@ import ast
 import importlib
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from nmtrec.components.preprocess.read import PreprocessError
@@ -28,16 +29,34 @@ def _start(cfg, args):
 def _run(args) -> int:
     from nmtrec.components.evaluate.scoring import summary_table
     from nmtrec.pipelines.local import run_local
+    from nmtrec.pipelines.preflight import check_before_run
 
     cfg = load_config(args.config)
-    run = run_local(cfg, args.output, cache=not args.no_cache, start=_start(cfg, args))
+    start = _start(cfg, args)
+    check_before_run(cfg)
+    print(f"nmtrec run '{cfg.name}': {' > '.join(cfg.tasks)}; {len(cfg.methods)} method(s); output {args.output}"
+          + ("" if args.verbose else " (steps' output in logs/, --verbose to stream it)"), flush=True)
+    run = run_local(cfg, args.output, cache=not args.no_cache, start=start, verbose=args.verbose)
     report = json.loads(run.report.read_text())
     print(f"\nNMT run '{cfg.name}': tasks in priority order {' > '.join(cfg.tasks)} ({run.seconds:.0f}s)")
     print(f"stages trained: {', '.join(run.trained_stages) or 'none'}; "
           f"reused from cache: {', '.join(run.reused_stages) or 'none'}\n")
     print(summary_table(report))
     print(f"\nreport: {run.report}\nHTML report: {run.report.with_name('report.html')}")
+    logs = [r.log for r in run.records if r.ran]
+    if logs:
+        print(f"step logs ({run.logs}/): {', '.join(p.name for p in logs)}")
     return 0
+
+
+def _step_failed(e, verbose: bool) -> int:
+    """One message: the step's own error, the step and its log; exit 2 like the other commands' errors
+    (1 when the step died without raising one: killed, out of memory)."""
+    if verbose and e.__cause__ is not None:
+        traceback.print_exception(e.__cause__, file=sys.stderr)
+    where = f"\n  step log: {e.log}" if e.log else ""
+    print(f"nmtrec: error: step {e.step!r} failed: {e}{where}", file=sys.stderr)
+    return 2 if e.recorded else 1
 
 
 def _compile(args) -> int:
@@ -140,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="directory for report.json and the run's artifacts")
     r.add_argument("--no-cache", action="store_true",
                    help="rerun every step (default: reuse steps cached in .kfp-cache beside --output)")
+    r.add_argument("--verbose", "-v", action="store_true",
+                   help="stream every step's full output (kfp.local's executor input, progress bars, warnings) "
+                        "to the console too; by default it goes to <output>/logs/<step>.log")
     _add_start_args(r)
     r.set_defaults(func=_run)
     c = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines YAML package")
@@ -178,9 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nmtrec.pipelines.console import StepFailed
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StepFailed as e:
+        return _step_failed(e, getattr(args, "verbose", False))
     except (ConfigError, PreprocessError) as e:  # the message names the file and line or key
         print(f"nmtrec: error: {e}", file=sys.stderr)
         return 2

@@ -121,6 +121,15 @@ class TrainConfig(_Strict):
     loss: Literal["bce", "pairwise"] = "bce"  # per-task loss (components/train/losses.py)
 
 
+# nmt.preset: the keys a preset pins (every other key stays as configured). "paper": the paper's exact
+# form -- projected gradient ascent lambda += tau * g on the training-loss constraints f_j <= f_j* + r_j,
+# the raw batch value (no smoothing), no warm-up; tau, lambda_init and r (tolerance, relative_tolerance)
+# as configured, the dense learning rate eta is train.lr
+NMT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0},
+}
+
+
 class NMTConfig(_Strict):
     lambda_init: float = Field(0.0, ge=0)
     tau: float = Field(0.05, gt=0)  # multiplier step
@@ -130,10 +139,35 @@ class NMTConfig(_Strict):
     relative_tolerance: float = Field(0.0, ge=0)
     # multiplier update: "pi" (nuPI on the relative violation, no τ to search) or "gradient" (λ += τ g)
     multiplier: Literal["pi", "gradient"] = "pi"
-    # the data the multipliers measure the constraints on: "valid" (held-out batches against the frozen
-    # validation loss; default) or "train" (the training batches against the frozen training loss, as the paper)
-    constraint_data: Literal["valid", "train"] = "valid"
+    # the data the multipliers measure the constraints on: "paired" (default: every higher task's per-row
+    # validation losses against the frozen model's on the same rows, a few times an epoch; a task counts
+    # as degraded when the mean paired difference exceeds z standard errors), "valid" (held-out batches
+    # against the frozen validation loss) or "train" (training batches against the frozen training
+    # loss, as the paper)
+    constraint_data: Literal["paired", "valid", "train"] = "paired"
+    z: float = Field(2.0, gt=0)  # paired: one-sided significance of a degradation, in standard errors
+    checks_per_epoch: int = Field(4, ge=1)  # paired: full-validation measurements per epoch (λ steps)
+    # epochs at the start of stage k that train only task k's own parameters (tower, gates) on the frozen
+    # shared ones: the new head learns before it can pull the shared layers (0: off)
+    warmup_epochs: int = Field(1, ge=0)
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
+    # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
+    # any other value is an error naming the key (a run labelled "paper" must be the paper's form)
+    preset: Optional[Literal["paper"]] = None
+
+    @model_validator(mode="after")
+    def _apply_preset(self):
+        for key, value in NMT_PRESETS.get(self.preset, {}).items():
+            if key in self.model_fields_set and getattr(self, key) != value:
+                raise ValueError(f"nmt.{key}: {getattr(self, key)!r} conflicts with nmt.preset {self.preset!r}, "
+                                 f"which sets it to {value!r} (drop the key or the preset)")
+            setattr(self, key, value)
+        return self
+
+    def with_preset(self, name: str) -> "NMTConfig":
+        """This section under preset `name`: the keys it pins replaced, every other key kept (a dumped
+        section names every key, so adding `preset` alone to it would conflict)."""
+        return NMTConfig.model_validate({**self.model_dump(), **NMT_PRESETS[name], "preset": name})
 
 
 class Config(_Strict):

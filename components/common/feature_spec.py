@@ -15,6 +15,11 @@ from typing import Optional
 from nmtrec.components.common.files import write_text_atomic
 
 FILE = "feature_spec.json"
+NEEDED_SPLITS = ("train", "valid", "test")  # a task learns on train, stops on valid, is scored on test
+
+
+class LabelError(ValueError):
+    """A task whose label cannot be trained or scored (one class only in a split); names task, split, counts."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class FeatureSpec:
     rows_read: int = 0
     bad_rows_skipped: int = 0
     positives: dict[str, int] = field(default_factory=dict)
+    # positives of every label per split ({split: {label: count}}); empty in datasets written before it
+    split_positives: dict[str, dict[str, int]] = field(default_factory=dict)
     sampling: Optional[Sampling] = None
     split_fractions: list[float] = field(default_factory=list)
     seed: int = 0
@@ -118,3 +125,32 @@ class FeatureSpec:
 
     def rows_per_split(self) -> dict[str, int]:
         return {name: s.rows for name, s in self.splits.items()}
+
+    def label_problems(self, tasks: list[str], splits=NEEDED_SPLITS) -> list[str]:
+        """Why each task's label cannot be trained or scored: a split it needs with no positives or no
+        negatives (or no rows). Empty when fine, or when the dataset predates per-split counts."""
+        out = []
+        for task in tasks:
+            if task not in self.labels:
+                out.append(f"task {task!r}: no label column {task!r} in the dataset (labels: {', '.join(self.labels)})")
+                continue
+            for split in splits:
+                rows = self.splits[split].rows if split in self.splits else 0
+                pos = self.split_positives.get(split, {}).get(task)
+                if pos is None and rows:
+                    continue  # no per-split counts (an older dataset)
+                if rows == 0:
+                    out.append(f"task {task!r}: split {split!r} has no rows")
+                elif pos == 0:
+                    out.append(f"task {task!r}: label {task!r} has no positives in split {split!r} (0 of {rows:,} rows)")
+                elif pos == rows:
+                    out.append(f"task {task!r}: label {task!r} has no negatives in split {split!r} "
+                               f"({pos:,} of {rows:,} rows are positive)")
+        return out
+
+    def check_labels(self, tasks: list[str], where: str = "") -> None:
+        """LabelError naming every task, split and count that makes training or scoring meaningless."""
+        problems = self.label_problems(tasks)
+        if problems:
+            raise LabelError(f"{where + ': ' if where else ''}{'; '.join(problems)}. A task needs both classes in "
+                             f"{', '.join(NEEDED_SPLITS)}: drop it from `tasks` or use data where it varies")

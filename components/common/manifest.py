@@ -46,6 +46,9 @@ class StageSummary:
     valid_auc: dict[str, float]
     epochs: int
     history: Optional[str] = None  # artifact-relative file of the per-step history
+    # every higher task on the test split at the end of this stage against its frozen model, paired on
+    # the same rows (out of sample: no decision of any stage read the test split)
+    test_audit: Optional[list[dict]] = None
     # a version-1 manifest's inline series; never written back
     inline_history: Optional[dict] = field(default=None, compare=False, repr=False)
 
@@ -58,8 +61,9 @@ class StageSummary:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "inline_history"}
-        if out["history"] is None:
-            del out["history"]
+        for key in ("history", "test_audit"):
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -79,6 +83,7 @@ class StageManifest:
     frozen_optima: Optional[dict[str, float]] = None  # training loss
     frozen_valid: Optional[dict[str, float]] = None
     frozen_valid_auc: Optional[dict[str, float]] = None
+    frozen_test_auc: Optional[dict[str, float]] = None  # reported only (the out-of-sample audit)
     stages: Optional[list[StageSummary]] = None
     # a finished joint baseline
     valid_loss: Optional[dict[str, float]] = None

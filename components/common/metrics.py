@@ -45,3 +45,21 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
         return float("nan")
     per_group = (rank_pos[ok] - pos[ok] * (pos[ok] + 1) / 2) / (pos[ok] * neg[ok])
     return float((per_group * counts[ok]).sum() / counts[ok].sum())
+
+
+def undefined_reason(labels: np.ndarray, name: str = "the label", split: str = "test",
+                     groups: np.ndarray | None = None) -> str | None:
+    """Why AUC (or, with `groups`, gAUC) of `labels` cannot be computed; None when it can."""
+    y = np.asarray(labels, dtype=np.float64) > 0.5
+    n, pos = len(y), int(y.sum())
+    if n == 0:
+        return f"the {split} split has no rows"
+    if pos in (0, n):
+        return (f"{name} has only {'positives' if pos else 'negatives'} in the {split} split "
+                f"({pos:,} of {n:,} rows positive): AUC needs both classes")
+    if groups is not None:
+        g = np.asarray(groups)
+        both = np.intersect1d(np.unique(g[y]), np.unique(g[~y]))
+        if len(both) == 0:
+            return f"no user has both classes of {name} in the {split} split: gAUC averages over such users"
+    return None

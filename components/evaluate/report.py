@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from nmtrec.components.common.manifest import StageManifest
+from nmtrec.components.common.metrics import undefined_reason
 from nmtrec.components.evaluate.compare import evaluate_methods
 from nmtrec.components.evaluate.oracle import oracle_report
 
@@ -34,7 +35,43 @@ def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: st
         report["stages_famo_nmt"] = stage_summaries(metas["famo+nmt"])
     report["constraint_audit_passed"] = not any(a["breach"] for s in report["stages"]
                                                 for a in s["constraint_audit"] or [])
-    return report, metas, nmt_pred
+    return null_undefined(report, nmt_pred[0]), metas, nmt_pred
+
+
+def null_undefined(report: dict, labels: np.ndarray) -> dict:
+    """Every metric that cannot be computed becomes null, never NaN (report.json stays valid JSON), and
+    `null_metrics` says why: {"methods.*.<metric>.<task>": reason} for what the test labels make
+    undefined for every method, {"<dotted path>": reason} for any other non-finite number."""
+    reasons = {}
+    for i, task in enumerate(report["tasks"]):
+        why = undefined_reason(labels[:, i], repr(task))
+        for kind in ("auc", "gauc"):
+            if kind == "gauc" and why is None:  # AUC is defined: gAUC is not only when no user has both classes
+                why = f"no user has both classes of {task!r} in the test split: gAUC averages over such users"
+            if any(_nan(m.get(kind, {}).get(task)) for m in report["methods"].values()):
+                reasons[f"methods.*.{kind}.{task}"] = why or "not a finite number (nan)"
+    explained = {k.split(".", 2)[2] for k in reasons}
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}[{j}]") for j, v in enumerate(x)]
+        if _nan(x):
+            parts = path.split(".")
+            if not (parts[0] == "methods" and ".".join(parts[2:]) in explained):
+                reasons[path] = f"not a finite number ({x})"
+            return None
+        return x
+
+    report = walk(report, "")
+    if reasons:
+        report["null_metrics"] = reasons
+    return report
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and not np.isfinite(x)
 
 
 def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None, joint: list[str],
@@ -49,7 +86,7 @@ def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | 
     from nmtrec.components.evaluate.html import render
 
     report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
-    write_json_atomic(report_path, report, indent=2, allow_nan=True)
+    write_json_atomic(report_path, report, indent=2, allow_nan=False)  # nulls, never NaN (null_undefined)
     title = f"nmtrec: {' > '.join(report['tasks'])}"
     histories = [read_history(nmt, s) for s in metas["nmt"].stages]
     write_text_atomic(html_path, render(report, histories, title=title))
@@ -59,7 +96,8 @@ def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | 
                 for task, value in m[kind].items():
                     if value is not None and not math.isnan(value):
                         metrics.log_metric(f"{method}/{task}/{kind}", value)
-    if roc is not None:  # NMT's ROC of the primary task (a ClassificationMetrics artifact holds one curve)
+    if roc is not None and 0 < labels[:, 0].sum() < len(labels):
+        # NMT's ROC of the primary task (a ClassificationMetrics artifact holds one curve; none for one class)
         fpr, tpr, thr = roc_curve(labels[:, 0], probs[:, 0])
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
         roc.log_roc_curve([float(x) for x in fpr[keep]], [float(x) for x in tpr[keep]],

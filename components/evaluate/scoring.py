@@ -67,13 +67,18 @@ def build_report(final_ckpt: str, dataset_dir: str) -> dict:
 def summary_table(report: dict) -> str:
     tasks = report["tasks"]
     rows = [["method"] + [f"{t} AUC" for t in tasks]]
-    def fmt(x):
-        return "-" if x is None or x != x else f"{x:.4f}"
+    undefined = {t for t in tasks if f"methods.*.auc.{t}" in report.get("null_metrics", {})}
+
+    def fmt(x, t):  # "-": not applicable (no head for the task); "null*": cannot be computed (see below)
+        if x is None or x != x:
+            return "null*" if t in undefined else "-"
+        return f"{x:.4f}"
     for name, m in report["methods"].items():
-        rows.append([name] + [fmt(m["auc"].get(t)) for t in tasks])
+        rows.append([name] + [fmt(m["auc"].get(t), t) for t in tasks])
     if "oracle_auc" in report:
-        rows.append(["oracle"] + [fmt(report["oracle_auc"].get(t)) for t in tasks])
+        rows.append(["oracle"] + [fmt(report["oracle_auc"].get(t), t) for t in tasks])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"* {t} AUC is null: {report['null_metrics'][f'methods.*.auc.{t}']}" for t in tasks if t in undefined]
     return "\n".join(lines)

@@ -58,6 +58,7 @@ class PreprocessSpec:
     on_bad_rows: str = "error"  # or "skip": drop and count rows that do not parse
     negative_ratio: Optional[float] = None  # Tenrec MTL protocol: keep negatives/positives ~ this
     sample_label: str = "click"
+    labels_configured: bool = True  # False: `labels` are the format's defaults (data.labels not set)
 
     def tables(self) -> dict[str, list[tuple[str, bool]]]:
         """Embedding table -> (raw column, is a bag column) feeding it."""
@@ -94,8 +95,8 @@ def _check_labels(layout: Layout, table: pa.Table, labels: list[str], offsets: n
         wrong = np.flatnonzero((values != 0) & (values != 1))
         if len(wrong):
             line = line_number(layout, int(offsets[wrong[0]]))
-            raise PreprocessError(f"{layout.path}: line {line}, column {label!r}: expected a 0/1 label "
-                                  f"(configured in data.labels), got {values[wrong[0]]}")
+            raise PreprocessError(f"{layout.path}: line {line}, column {label!r}: expected a 0/1 label, "
+                                  f"got {values[wrong[0]]} (set data.on_bad_rows: skip to drop and count such rows)")
 
 
 class _MergeCounts(beam.CombineFn):
@@ -228,10 +229,14 @@ def _run(build, spec: PreprocessSpec):
 def _check_columns(layout: Layout, spec: PreprocessSpec):
     def missing(cols):
         return [c for c in cols if c not in layout.columns]
+    labels_from = ("configured in data.labels" if spec.labels_configured else
+                   f"labels of the {spec.fmt} format, all read while data.labels is not set: list the ones "
+                   f"this file has in data.labels")
     for key, cols in (("features.sparse", spec.sparse), ("features.bags", [c for v in spec.bags.values() for c in v]),
                       ("data.labels", spec.labels)):
         if missing(cols):
-            raise PreprocessError(f"{layout.path}: line 1: no column(s) {missing(cols)} (configured in {key}); "
+            source = labels_from if key == "data.labels" else f"configured in {key}"
+            raise PreprocessError(f"{layout.path}: line 1: no column(s) {missing(cols)} ({source}); "
                                   f"the file has {list(layout.columns)}")
     if spec.negative_ratio is not None and spec.sample_label not in spec.labels:
         raise PreprocessError(f"data.sample_label {spec.sample_label!r} must be one of data.labels {spec.labels}")
@@ -245,8 +250,9 @@ def run_preprocess(source: str, out_dir: str, spec: PreprocessSpec) -> FeatureSp
     truth = {c[len(TRUTH_PREFIX):]: c for c in layout.columns
              if c.startswith(TRUTH_PREFIX) and c[len(TRUTH_PREFIX):] in spec.labels}
     needed = set(spec.id_columns()) | set(spec.labels)
-    counter = RangeReader(layout, [c for c in layout.columns if c in needed], spec.on_bad_rows)
-    reader = RangeReader(layout, [c for c in layout.columns if c in needed | set(truth.values())], spec.on_bad_rows)
+    counter = RangeReader(layout, [c for c in layout.columns if c in needed], spec.on_bad_rows, spec.labels)
+    reader = RangeReader(layout, [c for c in layout.columns if c in needed | set(truth.values())], spec.on_bad_rows,
+                         spec.labels)
     ranges = byte_ranges(layout, spec.chunk_bytes)
 
     with atomic_dir(out_dir) as tmp:
@@ -286,10 +292,17 @@ def _feature_spec(root: Path, spec: PreprocessSpec, source: str, stats: dict, ke
         meta = json.loads((root / "vocab" / f"{t}.json").read_text())
         tables[t] = Table(vocab_size=meta["kept"] + FIRST_ID, null_index=NULL_INDEX, oov_index=OOV_INDEX,
                           distinct_ids=meta["distinct"], oov_ids=meta["oov_ids"], vocab=f"vocab/{t}.parquet")
-    splits = {}
+    splits, split_positives = {}, {}
     for name in SPLITS:
         files = sorted(str(p.relative_to(root)) for p in (root / name).glob("*.parquet")) if (root / name).exists() else []
         splits[name] = Split(files=files, rows=sum(pq.read_metadata(root / f).num_rows for f in files))
+        # positives per label (label columns only: cheap), so a one-class task is refused before training
+        counts = dict.fromkeys(spec.labels, 0)
+        for f in files:
+            labels = pq.read_table(root / f, columns=list(spec.labels))
+            for lab in spec.labels:
+                counts[lab] += int(pc.sum(pc.equal(labels.column(lab), 1)).as_py() or 0)
+        split_positives[name] = counts
     return FeatureSpec(
         source=source,
         format=spec.fmt,
@@ -302,6 +315,7 @@ def _feature_spec(root: Path, spec: PreprocessSpec, source: str, stats: dict, ke
         rows_read=stats["rows"],
         bad_rows_skipped=stats["bad_rows"],
         positives={lab: stats[f"positives.{lab}"] for lab in spec.labels},
+        split_positives=split_positives,
         sampling=None if spec.negative_ratio is None else Sampling(
             label=spec.sample_label, negative_ratio=spec.negative_ratio, negative_keep_probability=keep_p),
         split_fractions=list(spec.split),

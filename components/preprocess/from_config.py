@@ -21,7 +21,8 @@ def spec_from_config(cfg: Config) -> PreprocessSpec:
                           fmt=d.source, split=d.split, min_count=d.min_count, seed=cfg.seed,
                           chunk_bytes=d.chunk_bytes, runner=d.runner, num_workers=d.num_workers,
                           beam_options=d.beam_options, on_bad_rows=d.on_bad_rows,
-                          negative_ratio=d.negative_ratio, sample_label=d.sample_label)
+                          negative_ratio=d.negative_ratio, sample_label=d.sample_label,
+                          labels_configured=d.labels is not None)
 
 
 def preprocess_from_config(config_json: str, csv_path: str, out_dir: str) -> FeatureSpec:

@@ -105,10 +105,11 @@ class Rows(NamedTuple):
 class RangeReader:
     """Parse byte ranges of one file into tables of `include` columns (ints; `true_*` as floats)."""
 
-    def __init__(self, layout: Layout, include: list[str], on_bad_rows: str = "error"):
+    def __init__(self, layout: Layout, include: list[str], on_bad_rows: str = "error", labels=()):
         self.layout = layout
         self.include = include
         self.on_bad_rows = on_bad_rows
+        self.labels = set(labels)  # 0/1 label columns (an error says "label", not "id")
         self.types = {c: (pa.float64() if layout.fmt.is_truth(c) else pa.int64()) for c in include}
 
     def _parse(self, data: bytes) -> pa.Table:
@@ -178,7 +179,8 @@ class RangeReader:
                         except ValueError:
                             problem = (col, f"expected a number, got {text[:40]!r}")
                     elif not _INT.match(v):
-                        problem = (col, f"expected an integer id, got {text[:40]!r}")
+                        kind = "a 0/1 label" if col in self.labels else "an integer id"
+                        problem = (col, f"expected {kind}, got {text[:40]!r}")
                     if problem:
                         break
             if problem:

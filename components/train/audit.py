@@ -38,10 +38,16 @@ def split_scores(model, cols: Columns, batch_size: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def aucs(scores: np.ndarray, labels: np.ndarray) -> list[float]:
+    """AUC of every task from logits [rows, outputs] (one shared score serves every task)."""
+    scores = np.broadcast_to(scores, labels.shape)
+    return [auc(labels[:, t], scores[:, t]) for t in range(labels.shape[1])]
+
+
 def split_aucs(model, cols: Columns, batch_size: int) -> list[float]:
-    scores = split_scores(model, cols, batch_size)
-    scores = np.broadcast_to(scores, cols.labels.shape)
-    return [auc(cols.labels[:, t], scores[:, t]) for t in range(cols.labels.shape[1])]
+    return aucs(split_scores(model, cols, batch_size), cols.labels)
+
+
 
 
 def constraint_audit(tasks: list[str], stage: int, valid_loss: list[float], valid_auc: list[float],
@@ -63,8 +69,13 @@ def constraint_audit(tasks: list[str], stage: int, valid_loss: list[float], vali
 def enforce(audit: list[dict], label: str, fail: bool) -> None:
     breaches = [a for a in audit if a["breach"]]
     for a in breaches:
-        log.warning("%s: constraint on %s breached: validation loss %.5f > frozen %.5f + tolerance %.5f",
-                    label, a["task"], a["valid_loss"], a["frozen_valid_loss"], a["tolerance"])
+        if "t" in a:  # paired (components/train/paired.py)
+            log.warning("%s: constraint on %s breached: validation loss %+.5f per row vs the frozen model "
+                        "(t = %.1f standard errors, tolerance %.5f)", label, a["task"], a["mean_loss_change"],
+                        a["t"], a["tolerance"])
+        else:
+            log.warning("%s: constraint on %s breached: validation loss %.5f > frozen %.5f + tolerance %.5f",
+                        label, a["task"], a["valid_loss"], a["frozen_valid_loss"], a["tolerance"])
     if breaches and fail:
         raise ConstraintBreach(f"{label}: constraint audit failed for {[a['task'] for a in breaches]} "
                                f"(nmt.fail_on_breach is set)")

@@ -84,7 +84,12 @@ def verify(ckpt_dir: str | Path) -> None:
         raise CheckpointError(f"{root}: checkpoint directory not found")
     path = root / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"{root}: incomplete checkpoint ({MANIFEST} missing: the write never finished)")
+        if (root / META).is_file() or (root / DCP_DIR).is_dir():
+            raise CheckpointError(f"{root}: incomplete checkpoint ({MANIFEST} missing: the write never finished)")
+        held = sorted(p.name for p in root.iterdir())[:5]
+        raise CheckpointError(f"{root}: not a checkpoint (no {MANIFEST}, {META} or {DCP_DIR}/; it holds "
+                              f"{', '.join(held) if held else 'nothing'}): expected a stage's checkpoint "
+                              f"artifact, e.g. <run output>/kfp/<run>/train-stage/checkpoint")
     try:
         files = json.loads(path.read_text())["files"]
     except (json.JSONDecodeError, KeyError) as e:
@@ -101,10 +106,11 @@ def verify(ckpt_dir: str | Path) -> None:
 
 
 def save(out_dir: str | Path, model: torch.nn.Module, meta: StageManifest, *, dense_opt=None,
-         plan: dict | None = None, extra=None, unsharded: bool = True, files: dict[str, str] | None = None) -> Path:
+         plan: dict | None = None, extra=None, unsharded: bool = True,
+         files: dict[str, str | bytes] | None = None) -> Path:
     """Collective: every rank calls it. With dense_opt, the fused and dense optimizer states are saved
     too (what resuming needs); `extra` is any small picklable object (rank 0's is kept); `files` are
-    text files {relative path: text} written into the checkpoint (covered by its manifest)."""
+    side files {relative path: text or bytes} written into the checkpoint (covered by its manifest)."""
     out = Path(out_dir)
     tmp = partial_path(out)
     if _rank() == 0:
@@ -122,9 +128,12 @@ def save(out_dir: str | Path, model: torch.nn.Module, meta: StageManifest, *, de
             (tmp / PLAN).write_text(json.dumps(plan, indent=1))
         if extra is not None:
             torch.save(extra, tmp / EXTRA)
-        for rel, text in (files or {}).items():
+        for rel, content in (files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(text)
+            if isinstance(content, bytes):
+                (tmp / rel).write_bytes(content)
+            else:
+                (tmp / rel).write_text(content)
         (tmp / META).write_text(meta.to_json())
         _write_manifest(tmp)  # fsyncs every file and directory
         publish_dir(tmp, out)  # the previous complete checkpoint stays until the new one is in place
@@ -181,13 +190,13 @@ def load_into(ckpt_dir: str | Path, model: torch.nn.Module, *, dense_opt=None, a
     for k, v in current.items():
         md = saved.get(f"model.{k}")
         if md is None:
-            if _plain_key(k) not in new_keys:
+            if plain_key(k) not in new_keys:
                 problems.append(f"{k} missing from the checkpoint")
             continue
         have, want = tuple(md.size), tuple(v.size())
         if have == want:
             to_load[k] = v
-        elif have[1:] == want[1:] and have[0] + new_rows.get(_plain_key(k), 0) == want[0] > have[0]:
+        elif have[1:] == want[1:] and have[0] + new_rows.get(plain_key(k), 0) == want[0] > have[0]:
             grown[k] = to_load[k] = torch.empty(have, dtype=v.dtype)
         else:
             problems.append(f"{k} has shape {list(have)} in the checkpoint, {list(want)} here")
@@ -221,7 +230,7 @@ def load_into(ckpt_dir: str | Path, model: torch.nn.Module, *, dense_opt=None, a
 _WRAPPER_PREFIXES = ("_dmp_wrapped_module.", "module.")
 
 
-def _plain_key(key: str) -> str:
+def plain_key(key: str) -> str:
     """A state-dict key without the prefixes a DMP/DDP wrapper may add (DMP's own state_dict drops them)."""
     while key.startswith(_WRAPPER_PREFIXES):
         key = key.split(".", 1)[1]
@@ -237,7 +246,7 @@ def _new_task_state(model: torch.nn.Module, saved) -> tuple[set[str], dict[str, 
     inner = get_unwrapped_module(model)
     if not hasattr(inner, "task_state_keys"):
         return set(), {}
-    have = {_plain_key(k[len("model."):]) for k in saved if k.startswith("model.")}
+    have = {plain_key(k[len("model."):]) for k in saved if k.startswith("model.")}
     keys, rows = set(), {}
     for t in range(inner.num_tasks):
         own = inner.task_state_keys(t)

@@ -49,14 +49,18 @@ def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Te
     return total[:-1] / total[-1]
 
 
-def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses) -> torch.Tensor:
-    """One optimiser step (the embeddings update inside backward, fused); returns the task losses."""
+def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses,
+               warmup=None) -> torch.Tensor:
+    """One optimiser step (the embeddings update inside backward, fused); returns the task losses.
+    During a warm-up (components/train/warmup.py) only the stage task's own parameters move."""
     losses = loss_fn(model(kjt), labels)
-    loss = objective.loss(losses)
+    loss = warmup.loss(losses) if warmup is not None else objective.loss(losses)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
+    if warmup is not None:
+        warmup.drop_shared_grads(model)
     dense_opt.step()
     return losses
 
@@ -101,10 +105,14 @@ class HeldOutStream:
 
 def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
                max_epochs: int, patience: int, seed: int, best_dir, meta, label: str = "",
-               resumer=None, loss_fn=task_losses) -> dict:
+               resumer=None, loss_fn=task_losses, paired=None, checks_per_epoch: int = 1,
+               warmup=None) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
     continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
-    losses (components/train/losses.py). `meta`: the stage's StageManifest, saved with the best epoch."""
+    losses (components/train/losses.py). `meta`: the stage's StageManifest, saved with the best epoch.
+    `paired` (components/train/paired.PairedCheck): for objectives with paired checks, measured
+    `checks_per_epoch` times an epoch (the last right before the epoch's validation score).
+    `warmup` (components/train/warmup.Warmup): its epochs train only the stage task's own parameters."""
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
@@ -117,23 +125,40 @@ def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, s
     if resumer is not None and (progress := resumer.load(model, dense_opt, objective)) is not None:
         history, best, bad, step = progress["history"], progress["best"], progress["bad"], progress["step"]
         first_epoch, skip = progress["epoch"], progress["pos"]
+    check_every = max(1, steps_per_epoch // max(1, checks_per_epoch))
+
+    def check(step: int, multipliers: bool = True) -> None:
+        checks = paired.measure(model)
+        objective.after_check(checks, multipliers)
+        history.setdefault("paired", []).append(
+            {"step": step, "mean": {j: c.mean for j, c in checks.items()}, "se": {j: c.se for j, c in checks.items()},
+             "lambda": objective.state().get("lambda", {})})
+
+    checking = paired is not None and objective.needs_paired_checks
     for epoch in range(first_epoch, max_epochs):
         model.train()
+        warming = warmup is not None and warmup.covers(epoch)
+        if warmup is not None:
+            warmup.freeze_shared(warming)
         start = skip if epoch == first_epoch else 0
         bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch, start=start),
                    total=steps_per_epoch, initial=start, desc=f"{label} epoch {epoch + 1}", disable=rank != 0,
                    leave=False)
         for pos, (kjt, labels) in enumerate(bar, start=start + 1):
             losses = train_step(model, dense_opt, objective, kjt, labels,
-                                f"{label}: at epoch {epoch + 1}, step {step + 1}", loss_fn)
+                                f"{label}: at epoch {epoch + 1}, step {step + 1}", loss_fn,
+                                warmup if warming else None)
             shared = global_losses(losses)
             post = None
             if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
                 with torch.no_grad():
                     post = global_losses(loss_fn(model(kjt), labels))
             checked = held_out.losses(model, step) if held_out else None
-            objective.after_step(shared, post, checked)
+            if not warming:  # the higher tasks cannot move during a warm-up: nothing to follow
+                objective.after_step(shared, post, checked)
             step += 1
+            if checking and not warming and pos % check_every == 0 and pos + check_every <= steps_per_epoch:
+                check(step)
             history["step"].append(step)
             history["loss"].append([float(x) for x in shared])
             history["lambda"].append(objective.state().get("lambda", {}))
@@ -142,6 +167,10 @@ def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, s
             if resumer is not None and resumer.due(step):
                 resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
                                                             "bad": bad, "history": history})
+        if warmup is not None:
+            warmup.freeze_shared(False)
+        if checking:  # the epoch's last check: the early-stopping score reads it (a warm-up moves no λ)
+            check(step, multipliers=not warming)
         val = mean_losses(model, valid, batch_size, loss_fn)
         history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
         score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints

@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from nmtrec.components.common.config import Config
+from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.common.manifest import StageManifest
 
 
@@ -28,8 +29,14 @@ class LaunchError(RuntimeError):
 def train_stage_main(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None,
                      method: str = "nmt") -> StageManifest:
     """`cfg`: the step's inputs with its run settings (step_inputs.runtime_config)."""
+    # a one-class label cannot be trained or scored: refuse before any training (names task, split, counts)
+    if 0 <= stage < len(cfg.tasks):
+        FeatureSpec.read(dataset_dir).check_labels([cfg.tasks[stage]], where=f"stage {stage + 1}")
     if cfg.train.checkpoint_every and not cfg.train.resume_root:
-        # default resume root: beside the stage's output, which a retried KFP step (or a rerun) writes again
+        # fallback resume root beside the stage's output, which a retried KFP step writes again. `nmtrec run`
+        # sets a root under its output folder instead (pipelines/local.py): kfp.local names each run's
+        # folder by time, so a rerun's stage output is a new path; the stage key (resume.py) tells
+        # stages apart there.
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume_root": f"{out_dir}.resume"})})
     if cfg.train.nproc > 1 and "RANK" not in os.environ:
         return _torchrun(cfg, cfg.to_json(), stage, dataset_dir, out_dir, previous_dir, method)

@@ -76,5 +76,8 @@ class Resumer:
         if dist.get_rank() == 0:
             shutil.rmtree(self.dir, ignore_errors=True)
             root = self.dir.parent
-            if root.name.endswith(".resume") and root.is_dir() and not any(root.iterdir()):
-                root.rmdir()  # the default root `<stage output>.resume` (launch.py), now empty
+            if root.name.endswith(".resume"):  # a default root (`<stage output>.resume`, `<run output>/.resume`)
+                try:
+                    root.rmdir()  # only when empty: another stage of the run may be using it
+                except OSError:
+                    pass

@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nmtrec.components.train import audit, checkpoint
+from nmtrec.components.train import audit, checkpoint, paired
 from nmtrec.components.train.data import load_split, num_batches
 from nmtrec.components.train.distributed import init_process_group, log_plan, set_threads, shard
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
 from nmtrec.components.train.losses import get_loss
 from nmtrec.components.train.objectives.registry import stage_objective
 from nmtrec.components.train.resume import Resumer, stage_key
+from nmtrec.components.train.warmup import Warmup
 from nmtrec.models.registry import build_model
 from nmtrec.models.sparse import check_spec
 from nmtrec.components.common.config import Config
@@ -130,13 +131,26 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         bound, bound_tol = frozen, {j: tol[t] for j, t in enumerate(higher)}
     objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
                                 num_batches(train, cfg.train.batch_size))
+    frozen_rows = {split: paired.load_rows(previous_dir, split) for split in ("valid", "test")} if prev else {}
+    checker = warmup = None
+    if stage > 0:
+        if cfg.nmt.constraint_data == "paired":
+            missing = [t for t in higher if t not in frozen_rows["valid"]]
+            if missing:
+                raise checkpoint.CheckpointError(
+                    f"{previous_dir}: has no per-row validation losses of {missing} (written by an older nmtrec?): "
+                    f"retrain from stage 1, or set nmt.constraint_data: valid")
+            checker = paired.PairedCheck(valid, {j: frozen_rows["valid"][t] for j, t in enumerate(higher)},
+                                         cfg.train.batch_size, cfg.train.loss)
+        warmup = Warmup(dmp, stage, cfg.nmt.warmup_epochs)
     loss_fn = loss_function(cfg)
+    inputs_json = step_inputs_json(cfg, Step("stage", stage))  # what the stage depends on: its identity
     meta = StageManifest(tasks=cfg.tasks, stage=stage, task=task, method=method if stage else "nmt",
-                         model_hash=cfg.model_hash(), config=json.loads(cfg.to_json()),
+                         model_hash=cfg.model_hash(), config=json.loads(inputs_json),
                          world_size=dist.get_world_size())
     resumer = None
     if cfg.train.resume_root:
-        resumer = Resumer(cfg.train.resume_root, stage_key(step_inputs_json(cfg, Step("stage", stage)), stage,
+        resumer = Resumer(cfg.train.resume_root, stage_key(inputs_json, stage,
                                                            f"{task}:{method}"),
                           cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
@@ -144,28 +158,47 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
-                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn)
+                              best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn,
+                              paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup)
     bs = cfg.train.batch_size
+    files: dict[str, str | bytes] = {}
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]
     valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, loss_fn)]
-    valid_auc = audit.split_aucs(dmp, valid, bs)
+    test = load_split(dataset_dir, spec, "test", cfg.tasks)
+    scores = {"valid": audit.split_scores(dmp, valid, bs), "test": audit.split_scores(dmp, test, bs)}
+    labels = {"valid": valid.labels, "test": test.labels}
+    valid_auc, test_auc = (audit.aucs(scores[s], labels[s]) for s in ("valid", "test"))
+    # per-row losses of every task: this stage's task becomes a reference for the later stages, the
+    # higher ones are compared with theirs (on test: reported only, no decision reads the test split)
+    rows = {s: paired.row_losses(scores[s], labels[s], cfg.train.loss) for s in scores}
+    for split in rows:
+        files[paired.rows_file(split)] = paired.dump_rows({**frozen_rows.get(split, {}), task: rows[split][:, stage]})
     frozen_optima = {**(prev.frozen_optima if prev else {}), task: train_loss[stage]}
     frozen_valid_all = {**(prev.frozen_valid if prev else {}), task: valid_loss[stage]}
     frozen_valid_auc = {**(prev.frozen_valid_auc if prev else {}), task: valid_auc[stage]}
+    frozen_test_auc = {**((prev.frozen_test_auc or {}) if prev else {}), task: test_auc[stage]}
     lambdas = {cfg.tasks[j]: v for j, v in objective.state().get("lambda", {}).items()}
-    checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
-                                    frozen_valid_auc, lambdas, vtol)
+    if cfg.nmt.constraint_data == "paired":
+        checks = paired.paired_audit(higher, rows["valid"], frozen_rows.get("valid", {}), valid_auc,
+                                    frozen_valid_auc, cfg.nmt.z, lambdas)
+    else:
+        checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
+                                        frozen_valid_auc, lambdas, vtol)
+    test_audit = paired.paired_audit(higher, rows["test"], frozen_rows.get("test", {}), test_auc, frozen_test_auc,
+                                    cfg.nmt.z, lambdas)
     summary = StageSummary(
         task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
         tolerance=tol, constraint_audit=checks,
         train_loss=dict(zip(cfg.tasks, train_loss)), valid_loss=dict(zip(cfg.tasks, valid_loss)),
         valid_auc=dict(zip(cfg.tasks, valid_auc)), epochs=history["epochs"], history=history_file(stage),
+        test_audit=test_audit or None,
     )
     audit.enforce(checks, label, cfg.nmt.fail_on_breach)
-    earlier, files = _carry_histories(prev, previous_dir)
+    earlier, carried = _carry_histories(prev, previous_dir)
+    files.update(carried)
     files[history_file(stage)] = dump_history(history)
     meta = meta.updated(frozen_optima=frozen_optima, frozen_valid=frozen_valid_all, frozen_valid_auc=frozen_valid_auc,
-                        stages=earlier + [summary])
+                        frozen_test_auc=frozen_test_auc, stages=earlier + [summary])
     checkpoint.save(out_dir, dmp, meta, plan=plan, files=files)
     if resumer is not None:
         resumer.cleanup()

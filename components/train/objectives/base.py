@@ -14,6 +14,9 @@ class Objective:
     # True: the loop also measures the losses of a held-out (validation) batch after each step and
     # passes them to after_step as `held_out` (NMT's multipliers follow held-out constraints)
     needs_held_out_losses = False
+    # True: a few times an epoch (and right before valid_score) the loop measures the constrained tasks on
+    # the whole validation split against their frozen models and passes {task: Paired} to after_check
+    needs_paired_checks = False
 
     def loss(self, task_losses: torch.Tensor) -> torch.Tensor:
         """task_losses: [num_tasks] mean losses of this batch (tasks in priority order)."""

@@ -48,6 +48,17 @@ class PIAscent:
         return self.lam
 
 
+# paired constraints: lambda change per epoch per unit of sustained standardized excess (t - z), and the
+# largest excess one check may feed in (a t of 50 on a big validation split is no reason to jump)
+STANDARDIZED_RATE = 1.0
+STANDARDIZED_CLIP = 4.0
+
+
+def make_standardized_update(lam: torch.Tensor, checks_per_epoch: int) -> PIAscent:
+    """nuPI on a standardized excess (already scale-free: `frozen` is 1), stepped once per check."""
+    return PIAscent(lam, lr=STANDARDIZED_RATE / max(1, checks_per_epoch))
+
+
 def make_update(kind: str, lam: torch.Tensor, tau: float, steps_per_epoch: int = 1):
     if kind == "gradient":
         return GradientAscent(lam, tau)

@@ -6,18 +6,24 @@ step uses L / (1 + sum lambda) -- a convex combination of the task losses, so la
 not blow up the step -- and the multipliers take a projected ascent step (components/train/
 objectives/multipliers.py: `pi` by default, the paper's `gradient` ascent with tau for comparison).
 
-The constraint is measured on validation batches by default (held-out: the loop passes their losses
-as `held_out`; why in components/train/stage.py) or on the training batches (`nmt.constraint_data`).
-Noise: one batch's loss is a noisy estimate of f_j, so the multiplier update is driven by g_j, an
-exponential moving average of the batch constraint value (`nmt.ema`), not by the raw batch value;
-a raw per-batch ascent random-walks lambda.
+How the constraints are measured (`nmt.constraint_data`, `measure` here):
+- `paired` (default): a few times an epoch the loop measures every higher task on the whole validation
+  split against its frozen model, row by row (components/train/paired.py), and calls `after_check`.
+  The multipliers follow the standardized excess t_j - z (t_j = mean paired loss difference / its
+  standard error): scale-free and data-driven, so one setting serves every data set; an epoch is
+  feasible when no higher task is significantly worse (mean <= z * SE).
+- `valid`: one validation batch per step against the frozen validation loss (the loop passes its
+  losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
+  One batch's loss is a noisy estimate of f_j, so these updates follow g_j, an exponential moving
+  average of the batch constraint value (`nmt.ema`); a raw per-batch ascent random-walks lambda.
 """
 from __future__ import annotations
 
 import torch
 
 from nmtrec.components.train.objectives.base import Objective
-from nmtrec.components.train.objectives.multipliers import make_update
+from nmtrec.components.train.objectives.multipliers import (STANDARDIZED_CLIP, make_standardized_update,
+                                                          make_update)
 
 INFEASIBLE = 1e3  # added to the early-stopping score of an epoch that breaks a validation constraint
 
@@ -37,20 +43,26 @@ class NMTStage(Objective):
     def __init__(self, task: int, frozen: dict[int, float], lambda_init: float, tau: float = 0.05,
                  tolerance: float | dict[int, float] = 0.0, ema: float = 0.9, update: str = "gradient",
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
-                 held_out: bool = False, steps_per_epoch: int = 1):
-        """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data, or
-        with `held_out` on validation data (then the loop passes a validation batch's losses to
-        after_step). frozen_valid/valid_tolerance: the validation bound of the early-stopping score."""
+                 measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1):
+        """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
+        with measure "valid" on validation batches (the loop passes their losses to after_step), with
+        "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
+        early-stopping score (not used by "paired", whose bound is z standard errors)."""
         self.task = task
-        self.needs_held_out_losses = held_out
+        self.measure = measure
+        self.needs_held_out_losses = measure == "valid"
+        self.needs_paired_checks = measure == "paired"
+        self.z = z
+        self.checks = None  # paired: the last measurement {j: Paired}
         self.frozen_valid = frozen_valid or {}
         self.valid_tolerance = valid_tolerance or {j: 0.0 for j in self.frozen_valid}
         self.constrained = sorted(frozen)
         self.frozen = torch.tensor([frozen[j] for j in self.constrained], dtype=torch.float64)
         tol = tolerance if isinstance(tolerance, dict) else {j: tolerance for j in self.constrained}
         self.tolerance = torch.tensor([tol[j] for j in self.constrained], dtype=torch.float64)
-        self.update = make_update(update, torch.full((len(self.constrained),), float(lambda_init),
-                                                     dtype=torch.float64), tau, steps_per_epoch)
+        lam = torch.full((len(self.constrained),), float(lambda_init), dtype=torch.float64)
+        self.update = (make_standardized_update(lam, checks_per_epoch) if self.needs_paired_checks
+                       else make_update(update, lam, tau, steps_per_epoch))
         self.lam = self.update.lam
         self.ema = ema
         self.violation = None  # smoothed f_j - f_j* - r_j
@@ -65,17 +77,33 @@ class NMTStage(Objective):
         return (self.task_part(task_losses) + (lam * slack).sum()) / (1.0 + lam.sum())
 
     def after_step(self, task_losses, post_losses=None, held_out=None):
+        if self.needs_paired_checks:  # the multipliers move in after_check
+            return
         measured = held_out if self.needs_held_out_losses else task_losses
         g = measured[self.constrained].double().cpu() - self.frozen - self.tolerance
         self.violation = g if self.violation is None else self.ema * self.violation + (1 - self.ema) * g
         self.lam = self.update.step(self.violation, self.frozen)
 
+    def after_check(self, checks: dict, step_multipliers: bool = True):
+        """A paired measurement {j: Paired} of every constrained task on the validation split; the
+        multipliers follow its standardized excess t_j - z (clipped), the early-stopping score reads it."""
+        self.checks = checks
+        excess = torch.tensor([checks[j].t() - self.z for j in self.constrained], dtype=torch.float64)
+        self.violation = excess
+        if step_multipliers:
+            self.lam = self.update.step(excess.clamp(-STANDARDIZED_CLIP, STANDARDIZED_CLIP),
+                                        torch.ones_like(excess))
+
     def valid_score(self, valid_losses):
-        """Lexicographic early-stopping score: among epochs whose higher-priority validation losses
-        stay within tolerance of their values at the end of their own stage, the lowest f_k; an
-        epoch that breaks a constraint ranks after every feasible one (by its total excess)."""
-        excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
-                     for j, v in self.frozen_valid.items())
+        """Lexicographic early-stopping score: among epochs whose higher-priority tasks stay within
+        tolerance of their frozen quality, the lowest f_k; an epoch that breaks a constraint ranks
+        after every feasible one (by its total excess). Paired: within z standard errors of the
+        frozen model on the same validation rows (the loop checks right before asking)."""
+        if self.needs_paired_checks:
+            excess = sum(max(0.0, c.t() - self.z) for c in self.checks.values()) if self.checks else 0.0
+        else:
+            excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
+                         for j, v in self.frozen_valid.items())
         return float(valid_losses[self.task]) if excess == 0 else INFEASIBLE + excess
 
     def state(self):

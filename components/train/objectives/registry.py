@@ -26,7 +26,8 @@ def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], 
         return SingleTask(0)
     kw = dict(lambda_init=nmt_cfg.lambda_init, tau=nmt_cfg.tau, tolerance=tolerance, ema=nmt_cfg.ema,
               update=nmt_cfg.multiplier, frozen_valid=frozen_valid, valid_tolerance=valid_tolerance,
-              held_out=nmt_cfg.constraint_data == "valid", steps_per_epoch=steps_per_epoch)
+              measure=nmt_cfg.constraint_data, steps_per_epoch=steps_per_epoch, z=nmt_cfg.z,
+              checks_per_epoch=nmt_cfg.checks_per_epoch)
     if method == "famo+nmt":
         return FAMONMTStage(stage, frozen, **kw)
     return NMTStage(stage, frozen, **kw)

@@ -1,0 +1,128 @@
+"""Paired constraints: a higher task's degradation measured row by row against its frozen model.
+
+At the end of task j's stage its per-row losses on the validation and test splits are kept in the
+artifact (`frozen_rows/`) and carried to every later stage. A later stage compares its own per-row
+losses on the same rows: d_i = l_j(theta; x_i) - l_j(theta*_j; x_i). The mean of d estimates the
+degradation, and because both models see the same rows most of the noise of each estimate cancels:
+its standard error SE = sd(d)/sqrt(n) is far smaller than the noise of two separate means. A task
+counts as degraded when mean(d) > z * SE: the tolerance follows from the data (fixed z), not from a
+percentage fitted to one data set.
+
+Per-row losses: binary cross-entropy for `bce`; for `pairwise` (one ranking score per task) a row's
+loss is its mean pair loss against the rows of the other class in its fixed chunk of CHUNK rows (the
+pairs are the same for both models, so the difference stays paired).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from nmtrec.components.train.audit import split_scores
+from nmtrec.components.train.data import Columns
+
+ROWS_DIR = "frozen_rows"
+CHUNK = 4096
+
+
+def rows_file(split: str) -> str:
+    return f"{ROWS_DIR}/{split}.npz"
+
+
+def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str) -> np.ndarray:
+    """[rows, tasks] float64 per-row losses (NaN where a row has no pair, `pairwise` only)."""
+    z = np.broadcast_to(logits, labels.shape).astype(np.float64)
+    y = labels.astype(np.float64)
+    if loss == "bce":
+        return np.logaddexp(0.0, z) - y * z
+    out = np.full(z.shape, np.nan)
+    for start in range(0, len(z), CHUNK):
+        zc, yc = z[start:start + CHUNK], y[start:start + CHUNK]
+        for t in range(z.shape[1]):
+            pos, neg = yc[:, t] > 0.5, yc[:, t] <= 0.5
+            if not pos.any() or not neg.any():
+                continue
+            pair = np.logaddexp(0.0, zc[neg, t][None, :] - zc[pos, t][:, None])  # [pos, neg]
+            block = out[start:start + CHUNK, t]
+            block[pos] = pair.mean(1)
+            block[neg] = pair.mean(0)
+    return out
+
+
+def split_row_losses(model, cols: Columns, batch_size: int, loss: str) -> np.ndarray:
+    """Per-row losses of every task on a split, in row order (collective: every rank calls it)."""
+    return row_losses(split_scores(model, cols, batch_size), cols.labels, loss)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """mean(d), its standard error and the number of rows of one task's paired comparison."""
+    mean: float
+    se: float
+    rows: int
+
+    def degraded(self, z: float) -> bool:
+        return self.mean > z * self.se
+
+    def t(self) -> float:
+        """mean / SE (0 when the two models agree on every row)."""
+        if self.se > 0:
+            return self.mean / self.se
+        return 0.0 if self.mean <= 0 else float("inf")
+
+
+def compare(current: np.ndarray, reference: np.ndarray) -> Paired:
+    # both sides at the stored precision (float32): an unchanged model differs by exactly 0
+    d = current.astype(np.float32).astype(np.float64) - reference
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return Paired(0.0, 0.0, len(d))
+    return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d))
+
+
+def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
+    """{task: per-row losses} as .npz bytes (float32: differences of ~1e-4 need no more)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{t: v.astype(np.float32) for t, v in rows.items()})
+    return buf.getvalue()
+
+
+def load_rows(artifact_dir, split: str) -> dict[str, np.ndarray]:
+    from pathlib import Path
+
+    path = Path(artifact_dir) / rows_file(split)
+    if not path.is_file():
+        return {}
+    with np.load(path) as f:
+        return {t: f[t].astype(np.float64) for t in f.files}
+
+
+class PairedCheck:
+    """The loop's measurement of the constrained tasks: one pass over the validation split."""
+
+    def __init__(self, valid: Columns, reference: dict[int, np.ndarray], batch_size: int, loss: str):
+        self.valid, self.reference, self.batch_size, self.loss = valid, reference, batch_size, loss
+
+    def measure(self, model) -> dict[int, Paired]:
+        was_training = model.training
+        rows = split_row_losses(model, self.valid, self.batch_size, self.loss)
+        model.train(was_training)
+        return {j: compare(rows[:, j], ref) for j, ref in self.reference.items()}
+
+
+def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.ndarray], auc_now: list[float],
+                 frozen_auc: dict[str, float], z: float, lambdas: dict[str, float]) -> list[dict]:
+    """Every higher task's per-row losses now against its frozen model's on the same rows (components/
+    train/paired.py): the mean difference, its standard error, t = mean / SE, and a breach when the task
+    is significantly worse (mean > z * SE); AUC now vs the frozen model's on the same split."""
+    out = []
+    for j, t in enumerate(higher):
+        if t not in frozen_rows:
+            continue
+        c = compare(rows[:, j], frozen_rows[t])
+        out.append({"task": t, "mean_loss_change": c.mean, "se": c.se, "t": c.t(), "rows": c.rows,
+                    "tolerance": z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
+                    "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,
+                    "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z))})
+    return out

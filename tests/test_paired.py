@@ -1,0 +1,71 @@
+"""Paired constraints (components/train/paired.py), the warm-up and the out-of-sample audit."""
+import numpy as np
+import pytest
+import torch
+
+from nmtrec.components.train import paired
+from nmtrec.components.train.objectives.nmt import INFEASIBLE, NMTStage
+
+
+def test_bce_row_losses_match_a_float64_reference():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(50, 2)), (rng.random((50, 2)) < 0.3).astype(np.float32)
+    p = 1 / (1 + np.exp(-z))
+    ref = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    np.testing.assert_allclose(paired.row_losses(z, y, "bce"), ref, rtol=1e-10)
+
+
+def test_pairwise_row_losses_pair_each_row_with_the_other_class_of_its_chunk(monkeypatch):
+    monkeypatch.setattr(paired, "CHUNK", 6)
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(12, 1)), np.array([[1], [0], [0], [1], [0], [0], [0], [0], [0], [0], [0], [0]], float)
+    got = paired.row_losses(z, y, "pairwise")
+    sp = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    assert got[0, 0] == pytest.approx(np.mean([sp(z[n, 0] - z[0, 0]) for n in (1, 2, 4, 5)]))
+    assert got[1, 0] == pytest.approx(np.mean([sp(z[1, 0] - z[p, 0]) for p in (0, 3)]))
+    assert np.isnan(got[6:]).all()  # the second chunk has no positive: no pair, no loss
+
+
+def test_paired_mean_and_standard_error():
+    rng = np.random.default_rng(2)
+    ref = rng.random(1000).astype(np.float32).astype(np.float64)  # references are stored as float32
+    cur = (ref + 0.01 + rng.normal(0, 0.05, 1000)).astype(np.float32).astype(np.float64)
+    c = paired.compare(cur, ref)
+    d = cur - ref
+    assert c.mean == pytest.approx(d.mean()) and c.se == pytest.approx(d.std(ddof=1) / np.sqrt(1000))
+    assert c.degraded(2.0) and not paired.compare(ref, ref).degraded(2.0) and paired.compare(ref, ref).t() == 0.0
+
+
+def test_multipliers_follow_the_standardized_excess_and_the_score_ranks_feasible_first():
+    obj = NMTStage(1, {0: 0.5}, lambda_init=1.0, measure="paired", z=2.0, checks_per_epoch=4)
+    lam0 = float(obj.lam[0])
+    obj.after_check({0: paired.Paired(mean=0.01, se=0.001, rows=100)})  # t = 10: significantly worse
+    assert float(obj.lam[0]) > lam0
+    assert obj.valid_score(torch.tensor([0.5, 0.3])) > INFEASIBLE
+    obj.after_check({0: paired.Paired(mean=-0.001, se=0.001, rows=100)})  # better than frozen
+    assert obj.valid_score(torch.tensor([0.5, 0.3])) == pytest.approx(0.3)
+    lam1 = float(obj.lam[0])
+    for _ in range(20):
+        obj.after_check({0: paired.Paired(mean=-0.001, se=0.001, rows=100)})
+    assert float(obj.lam[0]) < lam1 and float(obj.lam[0]) >= 0.0
+
+
+@pytest.mark.slow
+def test_warmup_keeps_the_higher_task_bit_identical_and_stage_audits_out_of_sample(tiny_cfg, tiny_dataset, tmp_path):
+    from nmtrec.components.train.stage import run_stage
+
+    data = str(tiny_dataset / "dataset")
+    run_stage(tiny_cfg, 0, data, str(tmp_path / "s1"))
+    rows = paired.load_rows(tmp_path / "s1", "valid")
+    assert set(rows) == {"like"} and set(paired.load_rows(tmp_path / "s1", "test")) == {"like"}
+    # one epoch that is all warm-up: like's predictions cannot move
+    cfg = tiny_cfg.updated(train={"max_epochs": 1}, nmt={"warmup_epochs": 1})
+    m = run_stage(cfg, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
+    (valid,) = m.stages[-1].constraint_audit
+    (test,) = m.stages[-1].test_audit
+    assert valid["task"] == test["task"] == "like"
+    assert valid["mean_loss_change"] == 0.0 and test["mean_loss_change"] == 0.0 and test["auc_change"] == 0.0
+    assert not valid["breach"] and not test["breach"]
+    # the click head did learn, and stage 2 carries both tasks' reference rows on
+    assert set(paired.load_rows(tmp_path / "s2", "valid")) == {"like", "click"}
+    assert m.frozen_test_auc["like"] == pytest.approx(test["frozen_auc"])
