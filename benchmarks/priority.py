@@ -10,8 +10,9 @@ reused), nmt (stage 2 from it), equal_weights and the weight grid. Per world, ov
   - 0.002) - 0.005 (ok when no grid point qualifies; the table says so);
 - audit_ok: no breach in NMT's stage-2 audit in any seed (`audit_entries` picks the audit).
 Results of every run accumulate in <output>/priority.json, keyed by a hash of what each training
-depends on (its step inputs, the dataset, the code): a rerun with the same config and `--set`
-overrides skips what is there; `--set nmt.*` retrains only NMT's stage 2. Writes a table,
+depends on (its step inputs, the dataset) and the code it ran (components/, models/): a rerun with the
+same config, `--set` overrides and code skips what is there; `--set nmt.*` retrains only NMT's stage 2;
+`--reuse-baselines` keeps single-task and the joint baselines of older code (NMT always retrains). Writes a table,
 <output>/priority.png, and as the last line one JSON object (worlds, mean_primary_gap, the four
 fractions, seconds).
 """
@@ -51,8 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="2 worlds x 1 seed, 3-point grid (smoke runs)")
     p.add_argument("--tiny", action="store_true", help="tiny worlds and 2 epochs (tests only: numbers mean nothing)")
     p.add_argument("--no-sbr", action="store_true", help="leave out the real Tenrec sbr extract")
+    p.add_argument("--reuse-baselines", action="store_true",
+                   help="reuse single_task (stage 1) and joint results trained by older code (components/, "
+                        "models/ changed since); NMT's stage 2 retrains")
     p.add_argument("--ignore-code", action="store_true",
-                   help="reuse cached results although components/ or models/ changed since they were trained")
+                   help="reuse every cached result (NMT too) although the code changed since")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target (a)-(d) is missed")
     p.add_argument("--list", action="store_true", help="list the worlds and exit")
 
@@ -120,19 +124,29 @@ def data_key(cfg, world) -> str:
                     world.source_file()])
 
 
-def method_keys(cfg, dkey: str, seed: int, code: str) -> dict[str, str]:
-    """{method: key}: what each training depends on (its step inputs at this seed, the data, the code)."""
+def method_keys(cfg, dkey: str, seed: int) -> dict[str, str]:
+    """{method: key}: what each training depends on (its step inputs at this seed, the data); the code
+    that ran it is stored beside (see `pick`)."""
     from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
     c = cfg.updated(seed=seed)
     s1 = step_inputs_json(c, Step("stage", 0))
-    keys = {"single_task": _digest([VERSION, "single_task", s1, dkey, code]),
-            "nmt": _digest([VERSION, "nmt", s1, step_inputs_json(c, Step("stage", 1)), dkey, code])}
+    keys = {"single_task": _digest([VERSION, "single_task", s1, dkey]),
+            "nmt": _digest([VERSION, "nmt", s1, step_inputs_json(c, Step("stage", 1)), dkey])}
     joint = step_inputs_json(c, Step("joint"))
     for m in cfg.methods:
         if m not in keys:
-            keys[m] = _digest([VERSION, m, joint, dkey, code])
+            keys[m] = _digest([VERSION, m, joint, dkey])
     return keys
+
+
+def pick(results: dict, key: str, code: str, any_code: bool = False) -> dict | None:
+    """The cached result of `key`: the one trained by `code`, else (any_code) the newest one."""
+    same = results.get(f"{key}.{code}")
+    if same is not None or not any_code:
+        return same
+    older = [r for r in results.values() if r.get("key") == key]
+    return max(older, key=lambda r: r.get("finished", "")) if older else None
 
 
 # ---------------------------------------------------------------------------------------------- audit
@@ -220,9 +234,11 @@ def _result(meta, metrics: dict, seconds: float, **extra) -> dict:
 
 
 def _save(results_dir: Path, key: str, record: dict) -> None:
-    tmp = results_dir / f".{key}.tmp"
+    name = f"{key}.{record['code']}"
+    record = {**record, "key": key, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = results_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(_json_safe(record)))
-    tmp.replace(results_dir / f"{key}.json")
+    tmp.replace(results_dir / f"{name}.json")
 
 
 def train_unit(job: dict) -> dict:
@@ -241,7 +257,7 @@ def train_unit(job: dict) -> dict:
     dataset, results = job["dataset"], Path(job["results"])
     keys, todo = job["keys"], job["todo"]
     base = {"world": job["world"], "seed": job["seed"], "tasks": cfg.tasks, "sets": job["sets"], "code": job["code"]}
-    s1 = Path(job["ckpt"]) / f"s1-{keys['single_task']}"
+    s1 = Path(job["s1"])
     out = {}
     work = Path(job["ckpt"]) / f"work-{job['seed']}-{os.getpid()}"
 
@@ -291,6 +307,11 @@ def train_unit(job: dict) -> dict:
             _save(results, keys[m], rec)
             out[m] = rec
             shutil.rmtree(target, ignore_errors=True)
+    except Exception as e:  # one broken unit does not stop the bench; the traceback is in the worker's log
+        import traceback
+
+        traceback.print_exc()
+        return {"world": job["world"], "seed": job["seed"], "done": sorted(out), "error": f"{type(e).__name__}: {e}"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"world": job["world"], "seed": job["seed"], "done": sorted(out)}
@@ -511,7 +532,7 @@ def run(args) -> int:
             print(w.name, json.dumps(w.overrides()))
         return 0
     seeds = list(range(1, 2 if args.quick else args.seeds + 1))
-    code = "any" if args.ignore_code else code_digest(root)
+    code = code_digest(root)
     data_code = code_digest(root, ("components/generate", "components/preprocess"))
     set_text = [f"{k}={json.dumps(v)}" for k, v in sets]
 
@@ -535,16 +556,25 @@ def run(args) -> int:
     # 2. trainings: one job per world x seed, only the methods not already in the results
     results = _load_results(output)
     keys, jobs = {}, []
+
+    def cached(k, m):
+        return pick(results, k[m], code, args.ignore_code or (args.reuse_baselines and m != "nmt"))
+
     for w in worlds:
         cfg = cfgs[w.name]
         for seed in seeds:
-            k = method_keys(cfg, dkeys[w.name], seed, code)
+            k = method_keys(cfg, dkeys[w.name], seed)
             keys[(w.name, seed)] = k
-            todo = [m for m in ["single_task", "nmt", "equal_weights"] + grid_methods if k[m] not in results]
+            todo = [m for m in ["single_task", "nmt", "equal_weights"] + grid_methods if cached(k, m) is None]
+            st = cached(k, "single_task")
+            s1 = ddirs[w.name] / "ckpt" / f"s1-{k['single_task']}.{st['code'] if st else code}"
+            if "nmt" in todo and st is not None and not (s1 / "stage.json").is_file():
+                todo.insert(0, "single_task")  # its checkpoint is gone: retrain stage 1 (and record it)
+                s1 = s1.with_name(f"s1-{k['single_task']}.{code}")
             if todo:
                 jobs.append({"world": w.name, "seed": seed, "config": cfg.to_json(), "keys": k, "todo": todo,
                              "dataset": str(ddirs[w.name] / "dataset"), "results": str(output / "results"),
-                             "ckpt": str(ddirs[w.name] / "ckpt"), "sets": set_text, "code": code,
+                             "ckpt": str(ddirs[w.name] / "ckpt"), "s1": str(s1), "sets": set_text, "code": code,
                              "cost": w.cost() * len(todo)})
     jobs.sort(key=lambda j: -j["cost"])  # big ones first: the two workers finish together
     total = len(jobs)
@@ -555,8 +585,9 @@ def run(args) -> int:
 
     def on_unit(res):
         done[0] += 1
-        print(f"[{done[0]}/{total}] {res['world']} seed {res['seed']}: {', '.join(res['done'])} "
-              f"({time.time() - start:.0f} s)", flush=True)
+        err = f"  FAILED: {res['error'][:300]} (see {log_dir})" if res.get("error") else ""
+        print(f"[{done[0]}/{total}] {res['world']} seed {res['seed']}: {', '.join(res['done']) or '-'} "
+              f"({time.time() - start:.0f} s){err}", flush=True)
         _write_json(output / "priority.json", {"version": VERSION, "results": _load_results(output),
                                                 "runs": _previous_runs(output)})
 
@@ -567,19 +598,26 @@ def run(args) -> int:
 
     # 3. aggregate this configuration's results
     results = _load_results(output)
-    judged, tasks_of, per_world = {}, {}, {}
+    judged, tasks_of, per_world, incomplete = {}, {}, {}, []
     for w in worlds:
         cfg = cfgs[w.name]
         runs = []
         for seed in seeds:
             k = keys[(w.name, seed)]
-            runs.append({m: results[k[m]] for m in k if k[m] in results})
+            run_ = {m: cached(k, m) for m in k if cached(k, m) is not None}
+            if "nmt" in run_ and "single_task" in run_:
+                runs.append(run_)
+        if not runs:
+            incomplete.append(w.name)
+            continue
         tasks_of[w.name] = cfg.tasks[:2]
         judged[w.name] = judge_world(runs, cfg.tasks[:2], grid_methods)
         per_world[w.name] = {"setting": w.setting, "world_seed": w.seed, "tasks": cfg.tasks[:2],
-                             "data": infos.get(w.name), "seeds": {str(s): r for s, r in zip(seeds, runs)},
+                             "data": infos.get(w.name), "seeds": {str(r["nmt"]["seed"]): r for r in runs},
                              "judged": judged[w.name]}
     seconds = time.time() - start
+    if incomplete:
+        print(f"incomplete (no seed with both single_task and nmt; left out): {', '.join(incomplete)}")
     print_table(judged, tasks_of, {w: (infos.get(w) or {}).get("oracle_auc", {}) for w in judged})
     png = output / "priority.png"
     plot(judged, tasks_of, grid_methods, png)
@@ -600,7 +638,7 @@ def run(args) -> int:
     print(f"plot: {png}   results: {output / 'priority.json'}")
     last = {k: summary[k] for k in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
                                     "secondary_ok_fraction", "audit_ok_fraction")}
-    last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid),
+    last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid), "incomplete": incomplete,
                  "sets": set_text, "audit_source": audit_sources, "failing": summary["failing"],
                  "seconds": summary["seconds"]})
     print(json.dumps(last))

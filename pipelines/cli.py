@@ -28,9 +28,10 @@ def _start(cfg, args):
 
 def _run(args) -> int:
     from nmtrec.components.evaluate.scoring import summary_table
-    from nmtrec.pipelines.local import run_local
+    from nmtrec.pipelines.local import forget_report, run_local
     from nmtrec.pipelines.preflight import check_before_run
 
+    forget_report(args.output)
     cfg = load_config(args.config)
     start = _start(cfg, args)
     check_before_run(cfg)

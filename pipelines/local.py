@@ -67,8 +67,7 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     `verbose`: every step's output (and kfp.local's) streams to the console as well as to its log."""
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "report.html"):  # a failed run must not leave an earlier report looking current
-        (output / name).unlink(missing_ok=True)
+    forget_report(output)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"),
                raise_on_error=True, enable_caching=cache, cache_root=str(output.parent / CACHE_DIR))
     pipeline = build_pipeline(cfg, local=True, start=start)
@@ -120,6 +119,12 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
                     trained_stages=[stages[t] for t in stages if steps.get(t) == "ran"],
                     reused_stages=[stages[t] for t in stages if steps.get(t) == "cached"],
                     records=hooks.steps, logs=output / LOGS_DIR)
+
+
+def forget_report(output: str | Path) -> None:
+    """A run that fails must not leave an earlier run's report looking like its own."""
+    for name in ("report.json", "report.html"):
+        (Path(output) / name).unlink(missing_ok=True)
 
 
 def _check_dataset(cfg: Config, step: StepRecord, outputs: dict) -> str | None:

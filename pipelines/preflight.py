@@ -32,13 +32,14 @@ def check_before_run(cfg: Config) -> None:
                                  f"the labels to read in data.labels")
     if cfg.data.source == "synthetic":
         return
-    from nmtrec.components.preprocess.beam_pipeline import _check_columns
-    from nmtrec.components.preprocess.from_config import spec_from_config
-    from nmtrec.components.preprocess.read import byte_ranges, inspect_file
+    from nmtrec.components.preprocess.read import byte_ranges, check_columns, inspect_file  # no Beam here
 
+    f = cfg.features
     try:
         layout = inspect_file(cfg.data.path, fmt)
-        _check_columns(layout, spec_from_config(cfg))
+        check_columns(layout, f.sparse, [c for cols in f.bags.values() for c in cols],
+                      cfg.data.labels if cfg.data.labels is not None else fmt.default_labels,
+                      cfg.data.labels is not None)
         byte_ranges(layout, cfg.data.chunk_bytes)
     except PreprocessError as e:
         raise PreflightError(f"step 'preprocess' (checked before the run; data.path): {e}") from None

@@ -114,11 +114,20 @@ def test_set_overrides_and_world_configs():
         priority.parse_set("no-equals-sign")
     # --set nmt.* changes only NMT's key: stage 1 and the baselines are reused
     plain = priority.world_config(base, fam["dense-1"], [], priority.GRID)
-    k1 = priority.method_keys(plain, "d", 1, "c")
-    k2 = priority.method_keys(plain.updated(nmt={"relative_tolerance": 0.05}), "d", 1, "c")
+    k1 = priority.method_keys(plain, "d", 1)
+    k2 = priority.method_keys(plain.updated(nmt={"relative_tolerance": 0.05}), "d", 1)
     assert k1["nmt"] != k2["nmt"]
     assert {m: k for m, k in k1.items() if m != "nmt"} == {m: k for m, k in k2.items() if m != "nmt"}
-    assert priority.method_keys(plain, "d", 2, "c")["single_task"] != k1["single_task"]
+    assert priority.method_keys(plain, "d", 2)["single_task"] != k1["single_task"]
+
+
+def test_cached_results_follow_the_code_unless_told():
+    results = {"k.old": {"key": "k", "code": "old", "finished": "2026-01-01 00:00:00"},
+               "k.older": {"key": "k", "code": "older", "finished": "2025-01-01 00:00:00"}}
+    assert priority.pick(results, "k", "new") is None
+    assert priority.pick(results, "k", "new", any_code=True)["code"] == "old"  # the newest
+    assert priority.pick(results, "k", "older")["code"] == "older"
+    assert priority.pick(results, "other", "new", any_code=True) is None
 
 
 @pytest.mark.slow
@@ -138,7 +147,7 @@ def test_quick_tiny_run_through_the_cli(tmp_path):
     assert len(data["runs"]) == 1 and (out / "priority.png").is_file()
     # 2 worlds x 1 seed x (single_task, nmt, equal_weights, 3 grid points)
     assert len(data["results"]) == 12
-    # a rerun trains nothing
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # a rerun trains nothing (--ignore-code: others may edit components/ meanwhile)
+    again = subprocess.run(cmd + ["--ignore-code"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 unit(s) to train" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["mean_primary_gap"] == last["mean_primary_gap"]

@@ -113,8 +113,8 @@ class TrainConfig(_Strict):
     min_column_shard: Optional[int] = Field(None, gt=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads per process; 0: cores / nproc
     # fault tolerance: save a resume checkpoint every N optimiser steps (0: off) under resume_root
-    # (default `<stage output>.resume`; on a cluster a persistent volume or the pipeline root); a
-    # restarted stage continues from its last one
+    # (default: `<output>/.resume` under `nmtrec run`, else `<stage output>.resume`; on a cluster a
+    # persistent volume or the pipeline root); a restarted stage continues from its last one
     checkpoint_every: int = Field(0, ge=0)
     resume_root: Optional[str] = None
     retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)

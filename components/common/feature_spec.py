@@ -127,25 +127,25 @@ class FeatureSpec:
         return {name: s.rows for name, s in self.splits.items()}
 
     def label_problems(self, tasks: list[str], splits=NEEDED_SPLITS) -> list[str]:
-        """Why each task's label cannot be trained or scored: a split it needs with no positives or no
-        negatives (or no rows). Empty when fine, or when the dataset predates per-split counts."""
+        """Why each task's label cannot be trained or scored: a split it needs with no rows, no positives
+        or no negatives. Empty when fine, or when the dataset predates per-split counts."""
         out = []
         for task in tasks:
             if task not in self.labels:
                 out.append(f"task {task!r}: no label column {task!r} in the dataset (labels: {', '.join(self.labels)})")
                 continue
+            found = {"no rows": [], "no positives": [], "no negatives": []}
             for split in splits:
                 rows = self.splits[split].rows if split in self.splits else 0
                 pos = self.split_positives.get(split, {}).get(task)
-                if pos is None and rows:
-                    continue  # no per-split counts (an older dataset)
                 if rows == 0:
-                    out.append(f"task {task!r}: split {split!r} has no rows")
+                    found["no rows"].append(split)
                 elif pos == 0:
-                    out.append(f"task {task!r}: label {task!r} has no positives in split {split!r} (0 of {rows:,} rows)")
+                    found["no positives"].append(f"{split} (0 of {rows:,} rows positive)")
                 elif pos == rows:
-                    out.append(f"task {task!r}: label {task!r} has no negatives in split {split!r} "
-                               f"({pos:,} of {rows:,} rows are positive)")
+                    found["no negatives"].append(f"{split} ({pos:,} of {rows:,} rows positive)")
+            out += [f"task {task!r}: label {task!r} has {what} in split(s) {', '.join(where)}"
+                    for what, where in found.items() if where]
         return out
 
     def check_labels(self, tasks: list[str], where: str = "") -> None:

@@ -40,7 +40,9 @@ def stage_curves(stage: dict, hist: dict, tasks: list[str]) -> str:
     loss = np.asarray(hist["loss"], dtype=float)
     window = max(1, len(loss) // 50)
     held = np.asarray(hist.get("held_out", []), dtype=float)
-    fig, axes = plt.subplots(1, 3 if len(held) else 2, figsize=(15 if len(held) else 10, 3.2))
+    checks = hist.get("paired", [])
+    middle = bool(len(held) or checks)
+    fig, axes = plt.subplots(1, 3 if middle else 2, figsize=(15 if middle else 10, 3.2))
     a, b = axes[0], axes[-1]
     for i, t in enumerate(tasks[:loss.shape[1]]):
         a.plot(_smooth(loss[:, i], window), label=t)
@@ -57,6 +59,13 @@ def stage_curves(stage: dict, hist: dict, tasks: list[str]) -> str:
             line, = c.plot(_smooth(held[:, i], 4 * window), label=f"{row['task']} (held-out)")
             c.axhline(row["frozen_valid_loss"], ls=":", color=line.get_color())
         c.set(title="constrained tasks: held-out loss vs frozen (dotted)", xlabel="step")
+        c.legend()
+    elif checks:  # paired: each check's mean loss change over its standard error
+        c = axes[1]
+        for key in checks[0]["mean"]:
+            t = [row["mean"][key] / row["se"][key] if row["se"][key] > 0 else 0.0 for row in checks]
+            c.plot([row["step"] for row in checks], t, marker=".", label=tasks[int(key)])
+        c.set(title="constrained tasks: paired loss change / SE (validation)", xlabel="step")
         c.legend()
     lam = hist["lambda"]
     for key in (lam[0] if lam else {}):
@@ -109,17 +118,25 @@ def methods_table(report: dict) -> str:
     return f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def audit_table(stages: list[dict]) -> str:
+def audit_table(stages: list[dict], key: str = "constraint_audit") -> str:
+    """One row per (stage, higher task). Paired rows (components/train/paired.py): the mean per-row loss
+    change against the frozen model on the same rows, z standard errors as the tolerance, t = mean / SE;
+    older rows: the validation loss against the frozen value plus a fixed tolerance."""
     rows = []
     for k, s in enumerate(stages):
-        for a in s.get("constraint_audit") or []:
+        for a in s.get(key) or []:
             flag = "<b style='color:crimson'>BREACH</b>" if a["breach"] else "ok"
+            paired = "t" in a
+            change = a["mean_loss_change"] if paired else a["valid_loss"] - a["frozen_valid_loss"]
+            auc_now, auc_then = (a["auc"], a["frozen_auc"]) if paired else (a["valid_auc"], a["frozen_valid_auc"])
             rows.append(f"<tr><td>{k + 1} ({html.escape(s['task'])})</td><td>{html.escape(a['task'])}</td>"
-                        f"<td>{_fmt(a['valid_loss'])}</td><td>{_fmt(a['frozen_valid_loss'])}</td>"
-                        f"<td>{_fmt(a['tolerance'])}</td><td>{_fmt(a['valid_auc'])}</td>"
-                        f"<td>{_fmt(a['frozen_valid_auc'])}</td><td>{_fmt(a['lambda_final'])}</td><td>{flag}</td></tr>")
-    return ("<table><tr><th>stage</th><th>constrained task</th><th>valid loss</th><th>frozen</th><th>tolerance</th>"
-            "<th>valid AUC</th><th>frozen AUC</th><th>final λ</th><th>audit</th></tr>" + "".join(rows) + "</table>")
+                        f"<td>{_fmt(change)}</td><td>{_fmt(a['tolerance'])}</td>"
+                        f"<td>{_fmt(a['t']) if paired else '–'}</td><td>{_fmt(auc_now)}</td><td>{_fmt(auc_then)}</td>"
+                        f"<td>{_fmt(a['lambda_final'])}</td><td>{flag}</td></tr>")
+    if not rows:
+        return "<p>one task: nothing constrained</p>"
+    return ("<table><tr><th>stage</th><th>constrained task</th><th>loss change</th><th>tolerance</th><th>t (SE)</th>"
+            "<th>AUC</th><th>frozen AUC</th><th>final λ</th><th>audit</th></tr>" + "".join(rows) + "</table>")
 
 
 def render(report: dict, histories: list[dict | None], title: str = "nmtrec report") -> str:
@@ -135,4 +152,5 @@ table{{border-collapse:collapse}} tr:nth-child(even){{background:#f3f3f3}}</styl
 <h2>Priority trade-off</h2>{tradeoff}
 <h2>NMT stages: losses and multipliers</h2>{curves or '<p>one task: no constrained stage</p>'}
 <h2>Constraint audit (validation)</h2>{audit_table(report['stages'])}
+<h2>Constraint audit out of sample (test split, paired with the frozen model)</h2>{audit_table(report['stages'], 'test_audit')}
 </body></html>"""

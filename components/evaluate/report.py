@@ -12,8 +12,8 @@ from nmtrec.components.common.metrics import undefined_reason
 from nmtrec.components.evaluate.compare import evaluate_methods
 from nmtrec.components.evaluate.oracle import oracle_report
 
-STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "epochs",
-              "valid_loss", "valid_auc")
+STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "test_audit",
+              "epochs", "valid_loss", "valid_auc")
 
 
 def stage_summaries(meta: StageManifest) -> list[dict]:
@@ -35,6 +35,8 @@ def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: st
         report["stages_famo_nmt"] = stage_summaries(metas["famo+nmt"])
     report["constraint_audit_passed"] = not any(a["breach"] for s in report["stages"]
                                                 for a in s["constraint_audit"] or [])
+    # out of sample: every higher task on the test split against its frozen model, paired on the same rows
+    report["test_audit_passed"] = not any(a["breach"] for s in report["stages"] for a in s["test_audit"] or [])
     return null_undefined(report, nmt_pred[0]), metas, nmt_pred
 
 

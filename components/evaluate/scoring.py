@@ -69,14 +69,14 @@ def summary_table(report: dict) -> str:
     rows = [["method"] + [f"{t} AUC" for t in tasks]]
     undefined = {t for t in tasks if f"methods.*.auc.{t}" in report.get("null_metrics", {})}
 
-    def fmt(x, t):  # "-": not applicable (no head for the task); "null*": cannot be computed (see below)
+    def fmt(x, t, applies=True):  # "-": not applicable (no head for the task); "null*": undefined (see below)
         if x is None or x != x:
-            return "null*" if t in undefined else "-"
+            return "null*" if t in undefined and applies else "-"
         return f"{x:.4f}"
-    for name, m in report["methods"].items():
-        rows.append([name] + [fmt(m["auc"].get(t), t) for t in tasks])
+    for name, m in report["methods"].items():  # a method with a head for the task has its logloss
+        rows.append([name] + [fmt(m["auc"].get(t), t, m.get("logloss", {}).get(t) is not None) for t in tasks])
     if "oracle_auc" in report:
-        rows.append(["oracle"] + [fmt(report["oracle_auc"].get(t), t) for t in tasks])
+        rows.append(["oracle"] + [fmt(report["oracle_auc"].get(t), t, False) for t in tasks])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

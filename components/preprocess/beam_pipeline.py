@@ -33,7 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from nmtrec.components.common.feature_spec import BagColumn, FeatureSpec, Sampling, SparseColumn, Split, Table
 from nmtrec.components.common.files import atomic_dir
 from nmtrec.components.preprocess import draws
-from nmtrec.components.preprocess.read import Layout, PreprocessError, RangeReader, byte_ranges, inspect_file, line_number
+from nmtrec.components.preprocess.read import (Layout, PreprocessError, RangeReader, byte_ranges, check_columns,
+                                                inspect_file, line_number)
 from nmtrec.components.preprocess.schemas import TRUTH_PREFIX, get_format
 from nmtrec.components.preprocess.vocab import FIRST_ID, NULL_INDEX, OOV_INDEX, Encoder, build_vocab, count_values, merge_counts
 
@@ -227,17 +228,7 @@ def _run(build, spec: PreprocessSpec):
 
 
 def _check_columns(layout: Layout, spec: PreprocessSpec):
-    def missing(cols):
-        return [c for c in cols if c not in layout.columns]
-    labels_from = ("configured in data.labels" if spec.labels_configured else
-                   f"labels of the {spec.fmt} format, all read while data.labels is not set: list the ones "
-                   f"this file has in data.labels")
-    for key, cols in (("features.sparse", spec.sparse), ("features.bags", [c for v in spec.bags.values() for c in v]),
-                      ("data.labels", spec.labels)):
-        if missing(cols):
-            source = labels_from if key == "data.labels" else f"configured in {key}"
-            raise PreprocessError(f"{layout.path}: line 1: no column(s) {missing(cols)} ({source}); "
-                                  f"the file has {list(layout.columns)}")
+    check_columns(layout, spec.sparse, [c for v in spec.bags.values() for c in v], spec.labels, spec.labels_configured)
     if spec.negative_ratio is not None and spec.sample_label not in spec.labels:
         raise PreprocessError(f"data.sample_label {spec.sample_label!r} must be one of data.labels {spec.labels}")
 

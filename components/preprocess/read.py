@@ -188,3 +188,16 @@ class RangeReader:
             else:
                 good.append((here, here_index, line if line.endswith(b"\n") else line + b"\n"))
         return good, bad
+
+
+def check_columns(layout: Layout, sparse, bag_columns, labels, labels_configured: bool = True) -> None:
+    """Every configured feature and label column is in the file (the header, or the format's columns)."""
+    labels_from = ("configured in data.labels" if labels_configured else
+                   f"labels of the {layout.fmt.name} format, all read while data.labels is not set: list the ones "
+                   f"this file has in data.labels")
+    for key, cols in (("features.sparse", sparse), ("features.bags", bag_columns), ("data.labels", labels)):
+        missing = [c for c in cols if c not in layout.columns]
+        if missing:
+            source = labels_from if key == "data.labels" else f"configured in {key}"
+            raise PreprocessError(f"{layout.path}: line 1: no column(s) {missing} ({source}); "
+                                  f"the file has {list(layout.columns)}")

@@ -60,7 +60,7 @@ def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_f
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
     if warmup is not None:
-        warmup.drop_shared_grads(model)
+        warmup.zero_shared_grads(model)
     dense_opt.step()
     return losses
 

@@ -32,8 +32,14 @@ class Warmup:
     def freeze_shared(self, on: bool) -> None:
         self.inner.frozen_shared = on  # the model detaches its embeddings: no gradient reaches them
 
-    def drop_shared_grads(self, model) -> None:
-        """After backward: only the task's own parameters keep a gradient (Adam skips the others)."""
+    def zero_shared_grads(self, model) -> None:
+        """After backward: every dense parameter but the task's own gets a zero gradient. Adam's step on a
+        zero gradient from a fresh state moves nothing, and every parameter has optimizer state, so a
+        resume checkpoint taken during the warm-up loads like any other."""
         for name, p in model.named_parameters():
-            if name not in self.own:
-                p.grad = None
+            if name in self.own or not p.requires_grad or hasattr(p, "_in_backward_optimizers"):
+                continue  # the embeddings update (or not) inside backward, fused
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.zero_()
