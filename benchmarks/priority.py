@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from nmtrec.components.common.files import write_text_atomic
+
 PRIMARY_OK = -0.005  # (a): NMT primary - single-task primary, per world
 PRIMARY_MEAN_OK = -0.002  # (a): the same, mean over worlds
 SECONDARY_SLACK = 0.002  # (c): grid points with primary >= single-task - this qualify
@@ -416,6 +418,31 @@ def print_table(judged: dict, tasks_of: dict, oracle: dict) -> None:
           "A: no audit breach (else breaches/seeds)")
 
 
+def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: int, sets: str) -> str:
+    """The README block (`make readme-figures` copies it): one row per world, then the fractions."""
+    yes = {True: "ok", False: "**no**"}
+    lines = [f"Seed means over {seeds} training seeds, test split; {summary['worlds']} worlds; "
+             f"settings: {sets or 'configs/bench_priority.yaml as is'}; {summary['seconds']:.0f} s on 2 cores.", "",
+             "| world | tasks | single p | nmt p | gap | nmt s | best grid s* | dominated by | P | S | A |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w, j in judged.items():
+        p, s = tasks_of[w]
+        best = "none" if j["best_qualifying"] is None else \
+            f"{_fmt(j['best_qualifying_secondary'])} ({j['best_qualifying'].split(':', 1)[1]})"
+        dom = ", ".join(d.split(":", 1)[1] for d in j["dominated_by"]) or "–"
+        audit = "ok" if j["audit_ok"] else f"**{j['audit_breaches']}/{j['seeds']}**"
+        lines.append(f"| {w} | {p} > {s} | {_fmt(j['single_primary'])} | {_fmt(j['nmt_primary'])} | "
+                     f"{_fmt(j['gap'], '+.4f')} | {_fmt(j['nmt_secondary'])} | {best} | {dom} | "
+                     f"{yes[j['primary_ok']]} | {yes[j['secondary_ok']]} | {audit} |")
+    lines += ["", f"mean primary gap {summary['mean_primary_gap']:+.4f}; fractions of worlds: primary ok "
+              f"{summary['primary_ok_fraction']:.2f}, not dominated {summary['not_dominated_fraction']:.2f}, "
+              f"secondary ok {summary['secondary_ok_fraction']:.2f}, out-of-sample audit ok "
+              f"{summary['audit_ok_fraction']:.2f}; targets met: {'yes' if summary['targets_met'] else '**no**'}.",
+              "P: gap ≥ −0.005; S: nmt s ≥ best grid s* − 0.005 (s*: grid points with primary ≥ single − 0.002); "
+              "A: no breach of the out-of-sample audit (breaches/seeds)."]
+    return "\n".join(lines) + "\n"
+
+
 def plot(judged: dict, tasks_of: dict, grid: list[str], path: Path) -> None:
     import matplotlib
 
@@ -579,7 +606,7 @@ def run(args) -> int:
     jobs.sort(key=lambda j: -j["cost"])  # big ones first: the two workers finish together
     total = len(jobs)
     print(f"{len(worlds)} world(s) x {len(seeds)} seed(s): {total} unit(s) to train "
-          f"({sum(len(j['todo']) for j in jobs)} trainings), {len(keys) - total} cached; "
+          f"({sum(len(j['todo']) for j in jobs)} trainings), {len(keys) - total} unit(s) fully cached; "
           f"{args.workers} worker(s); logs in {log_dir}", flush=True)
     done = [0]
 
@@ -635,7 +662,8 @@ def run(args) -> int:
     print(f"audit read from: {', '.join(audit_sources) or '-'};  training time summed over units: "
           f"{train_seconds:.0f} s;  wall: {seconds:.0f} s;  load average now: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    print(f"plot: {png}   results: {output / 'priority.json'}")
+    write_text_atomic(output / "priority.md", markdown(judged, tasks_of, summary, len(seeds), set_text))
+    print(f"plot: {png}   results: {output / 'priority.json'}   table: {output / 'priority.md'}")
     last = {k: summary[k] for k in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
                                     "secondary_ok_fraction", "audit_ok_fraction")}
     last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid), "incomplete": incomplete,

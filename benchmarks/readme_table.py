@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-BEGIN = "<!-- demo-table:begin -->"
-END = "<!-- demo-table:end -->"
+from nmtrec.components.common.files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,13 +72,14 @@ def render_table(report: dict, source: str, config: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str, where: str = "README.md") -> str:
-    """text with the lines between the BEGIN and END marker lines replaced by block."""
+def replace_block(text: str, block: str, where: str = "README.md", name: str = "demo-table") -> str:
+    """text with the lines between the `<!-- name:begin -->` and `<!-- name:end -->` lines replaced by block."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     lines = text.splitlines(keepends=True)
-    begins = [i for i, x in enumerate(lines) if x.strip() == BEGIN]
-    ends = [i for i, x in enumerate(lines) if x.strip() == END]
+    begins = [i for i, x in enumerate(lines) if x.strip() == begin]
+    ends = [i for i, x in enumerate(lines) if x.strip() == end]
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
-        raise FigureError(f"{where}: expected one '{BEGIN}' line followed by one '{END}' line, "
+        raise FigureError(f"{where}: expected one '{begin}' line followed by one '{end}' line, "
                           f"found {len(begins)} and {len(ends)}")
     # a blank line before the end marker ends the table for every markdown renderer
     return "".join(lines[:begins[0] + 1]) + block.rstrip("\n") + "\n\n" + "".join(lines[ends[0]:])
@@ -99,17 +99,27 @@ def update_readme(report_path: Path, readme: Path, config: Path | None = None) -
         source = str(report_path.resolve().relative_to(readme.resolve().parent))
     except ValueError:
         source = str(report_path)
+    return _rewrite(readme, render_table(report, source, config), "demo-table")
+
+
+def copy_block(markdown: Path, readme: Path, name: str) -> bool:
+    """Put a generated markdown file (e.g. the bench's priority.md) into readme's block `name`."""
+    if not markdown.is_file():
+        raise FigureError(f"{markdown}: not found: run the benchmark that writes it first")
+    try:
+        source = str(markdown.resolve().relative_to(readme.resolve().parent))
+    except ValueError:
+        source = str(markdown)
+    note = f"From `{source}`, written by `make readme-figures` (benchmarks/readme_table.py), do not edit by hand.\n\n"
+    return _rewrite(readme, note + markdown.read_text(), name)
+
+
+def _rewrite(readme: Path, block: str, name: str) -> bool:
     old = readme.read_text()
-    new = replace_block(old, render_table(report, source, config), str(readme))
+    new = replace_block(old, block, str(readme), name)
     if new == old:
         return False
-    tmp = readme.with_name(f".{readme.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(new)
-        os.chmod(tmp, readme.stat().st_mode & 0o7777)
-        os.replace(tmp, readme)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(readme, new)
     return True
 
 
@@ -119,13 +129,18 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml",
                         help="for the config name and seed when the report does not carry them")
+    parser.add_argument("--block", nargs=2, action="append", default=[], metavar=("NAME", "MARKDOWN"),
+                        help="also copy a generated markdown file into the README block NAME (repeatable)")
     args = parser.parse_args(argv)
     try:
         changed = update_readme(args.report, args.readme, args.config)
+        print(f"{args.readme}: demo table {'rewritten' if changed else 'already up to date'} from {args.report}")
+        for name, path in args.block:
+            changed = copy_block(Path(path), args.readme, name)
+            print(f"{args.readme}: block {name} {'rewritten' if changed else 'already up to date'} from {path}")
     except FigureError as e:
         print(f"readme_table: {e}", file=sys.stderr)
         return 2
-    print(f"{args.readme}: demo table {'rewritten' if changed else 'already up to date'} from {args.report}")
     return 0
 
 

@@ -94,4 +94,18 @@ def test_command_line_fails_with_a_message_when_the_report_is_missing(tmp_path):
 
 def test_the_repository_readme_has_the_markers():
     text = (ROOT / "README.md").read_text()
-    assert text.count(rt.BEGIN) == 1 and text.count(rt.END) == 1 and text.index(rt.BEGIN) < text.index(rt.END)
+    begin, end = "<!-- demo-table:begin -->", "<!-- demo-table:end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1 and text.index(begin) < text.index(end)
+
+
+def test_generated_markdown_block_is_copied_between_its_markers(tmp_path):
+    md = tmp_path / "priority.md"
+    md.write_text("| world | gap |\n|---|---|\n| dense-1 | +0.0010 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench-priority:begin -->\nold\n<!-- bench-priority:end -->\nrest\n")
+    assert rt.copy_block(md, readme, "bench-priority")
+    text = readme.read_text()
+    assert "| dense-1 | +0.0010 |" in text and "old" not in text and text.endswith("rest\n")
+    assert not rt.copy_block(md, readme, "bench-priority")  # unchanged the second time
+    with pytest.raises(rt.FigureError, match="bench-other"):
+        rt.copy_block(md, readme, "bench-other")

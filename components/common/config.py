@@ -145,7 +145,9 @@ class NMTConfig(_Strict):
     # against the frozen validation loss) or "train" (training batches against the frozen training
     # loss, as the paper)
     constraint_data: Literal["paired", "valid", "train"] = "paired"
-    z: float = Field(2.0, gt=0)  # paired: one-sided significance of a degradation, in standard errors
+    # paired: a higher task is degraded when its mean paired loss change exceeds z standard errors (the
+    # feasibility of an epoch and the audit); the multipliers aim at no change at all
+    z: float = Field(2.0, gt=0)
     checks_per_epoch: int = Field(4, ge=1)  # paired: full-validation measurements per epoch (λ steps)
     # epochs at the start of stage k that train only task k's own parameters (tower, gates) on the frozen
     # shared ones: the new head learns before it can pull the shared layers (0: off)

@@ -48,7 +48,7 @@ class PIAscent:
         return self.lam
 
 
-# paired constraints: lambda change per epoch per unit of sustained standardized excess (t - z), and the
+# paired constraints: lambda change per epoch per unit of sustained standardized loss change t, and the
 # largest excess one check may feed in (a t of 50 on a big validation split is no reason to jump)
 STANDARDIZED_RATE = 1.0
 STANDARDIZED_CLIP = 4.0

@@ -9,9 +9,11 @@ objectives/multipliers.py: `pi` by default, the paper's `gradient` ascent with t
 How the constraints are measured (`nmt.constraint_data`, `measure` here):
 - `paired` (default): a few times an epoch the loop measures every higher task on the whole validation
   split against its frozen model, row by row (components/train/paired.py), and calls `after_check`.
-  The multipliers follow the standardized excess t_j - z (t_j = mean paired loss difference / its
-  standard error): scale-free and data-driven, so one setting serves every data set; an epoch is
-  feasible when no higher task is significantly worse (mean <= z * SE).
+  The multipliers follow t_j = mean paired loss difference / its standard error: they aim at the
+  frozen quality itself (t = 0), scale-free and data-driven, so one setting serves every data set;
+  an epoch is feasible when no higher task is significantly worse (t <= z). Aiming at t = z instead
+  (spending the noise allowance) cost the top task 0.012 AUC on average over `nmtrec bench priority`'s
+  worlds (one seed), aiming at t = 1 0.013.
 - `valid`: one validation batch per step against the frozen validation loss (the loop passes its
   losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
   One batch's loss is a noisy estimate of f_j, so these updates follow g_j, an exponential moving
@@ -88,11 +90,12 @@ class NMTStage(Objective):
         """A paired measurement {j: Paired} of every constrained task on the validation split; the
         multipliers follow its standardized excess t_j - z (clipped), the early-stopping score reads it."""
         self.checks = checks
-        excess = torch.tensor([checks[j].t() - self.z for j in self.constrained], dtype=torch.float64)
-        self.violation = excess
+        # the multipliers aim at the frozen quality itself (t = 0); z is the noise allowance of the
+        # early-stopping feasibility and the audit, not a budget to spend on the stage's task
+        t = torch.tensor([checks[j].t() for j in self.constrained], dtype=torch.float64)
+        self.violation = t
         if step_multipliers:
-            self.lam = self.update.step(excess.clamp(-STANDARDIZED_CLIP, STANDARDIZED_CLIP),
-                                        torch.ones_like(excess))
+            self.lam = self.update.step(t.clamp(-STANDARDIZED_CLIP, STANDARDIZED_CLIP), torch.ones_like(t))
 
     def valid_score(self, valid_losses):
         """Lexicographic early-stopping score: among epochs whose higher-priority tasks stay within
