@@ -138,18 +138,25 @@ def _benchmark_names() -> dict[str, str]:
 
 
 def _bench(args) -> int:
-    """Import only the benchmark asked for; it parses its own arguments (add_arguments, run)."""
+    """Import only the benchmark asked for; it parses its own arguments (add_arguments, run). The
+    checkout is on sys.path only while it runs (its worker processes inherit it): left there, its
+    folders (docker/ ...) would shadow installed packages of the same name in this process."""
     home = str(_benchmarks_home())
-    if home not in sys.path:
+    added = home not in sys.path
+    if added:
         sys.path.insert(0, home)
-    names = _benchmark_names()
-    if args.name not in names:
-        raise ConfigError(f"unknown benchmark {args.name!r}; expected one of {', '.join(names)}")
-    mod = importlib.import_module("benchmarks." + args.name.replace("-", "_"))
-    parser = argparse.ArgumentParser(prog=f"nmtrec bench {args.name}", description=mod.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    mod.add_arguments(parser)
-    return mod.run(parser.parse_args(args.args))
+    try:
+        names = _benchmark_names()
+        if args.name not in names:
+            raise ConfigError(f"unknown benchmark {args.name!r}; expected one of {', '.join(names)}")
+        mod = importlib.import_module("benchmarks." + args.name.replace("-", "_"))
+        parser = argparse.ArgumentParser(prog=f"nmtrec bench {args.name}", description=mod.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(parser)
+        return mod.run(parser.parse_args(args.args))
+    finally:
+        if added:
+            sys.path.remove(home)
 
 
 def build_parser() -> argparse.ArgumentParser:

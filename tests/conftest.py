@@ -20,6 +20,19 @@ def _shared_data() -> Path:
 
 
 SHARED_DATA = _shared_data()
+
+
+def import_benchmark(name: str):
+    """benchmarks.<name> from the checkout. The checkout is on sys.path only while importing: left there,
+    its docker/ folder would shadow the `docker` package for the rest of the session (kfp.local imports it)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.remove(str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

@@ -1,5 +1,4 @@
 """`nmtrec bench priority`: the per-world criteria on hand-made numbers, and one tiny smoke run of the CLI."""
-import importlib
 import json
 import os
 import subprocess
@@ -8,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import import_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-priority = importlib.import_module("benchmarks.priority")
-worlds = importlib.import_module("benchmarks.worlds")
+priority = import_benchmark("priority")
+worlds = import_benchmark("worlds")
 
 TASKS = ["like", "click"]
 GRID = [f"weight_grid:{g}" for g in ("0.9:0.1", "0.7:0.3", "0.5:0.5", "0.3:0.7", "0.1:0.9")]

@@ -62,7 +62,8 @@ def test_stage_artifacts_carry_every_stage_history_outside_the_manifest(tiny_cfg
     h1 = read_history(tmp_path / "s2", m2.stages[0])
     assert h1 == read_history(tmp_path / "s1", checkpoint.read_meta(tmp_path / "s1").stages[0])
     h2 = read_history(tmp_path / "s2", m2.stages[1])
-    assert len(h2["step"]) == len(h2["loss"]) == len(h2["lambda"]) > 0 and "held_out" in h2
+    # the default (paired) constraints: one entry per full-validation check, with the multipliers after it
+    assert len(h2["step"]) == len(h2["loss"]) == len(h2["lambda"]) > 0 and h2["paired"][-1]["lambda"]
 
 
 def test_atomic_file_and_dir_leave_nothing_half_written(tmp_path):

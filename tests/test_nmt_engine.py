@@ -59,7 +59,8 @@ def test_stage_k_uses_frozen_optima_from_the_artifact(chain, tmp_path):
     manifest = json.loads((root / "s1" / checkpoint.MANIFEST).read_text())  # keep the integrity check happy
     manifest["files"]["stage.json"] = {"bytes": planted.stat().st_size, "sha256": checkpoint._sha256(planted)}
     (tmp_path / "s1" / checkpoint.MANIFEST).write_text(json.dumps(manifest))
-    cfg1 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 1})})
+    # the held-out form reads the frozen validation loss (the paired default reads per-row losses: test_paired.py)
+    cfg1 = cfg.updated(train={"max_epochs": 1}, nmt={"constraint_data": "valid", "warmup_epochs": 0})
     m2 = run_stage(cfg1, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
     stage = m2.stages[-1]
     assert m2.frozen_optima["click"] == 0.4321
@@ -91,9 +92,10 @@ def test_three_task_taobao_like_audit_matches_sklearn(tiny_dataset, tmp_path):
     assert [a["task"] for a in audit] == ["click", "like"]
     labels, probs, _, _ = predict_checkpoint(str(tmp_path / "s2"), data, split="valid")
     assert probs.shape == labels.shape  # the single score serves every task
-    for j, a in enumerate(audit):
-        assert a["valid_auc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]), abs=1e-6)
-        assert a["breach"] == (a["valid_loss"] - a["frozen_valid_loss"] > a["tolerance"])
+    for j, a in enumerate(audit):  # the paired audit (default): AUC now, loss change against z standard errors
+        assert a["auc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]), abs=1e-6)
+        assert a["tolerance"] == pytest.approx(cfg.nmt.z * a["se"])
+        assert a["breach"] == (a["mean_loss_change"] > a["tolerance"])
         assert a["lambda_final"] >= 0.0
 
 

@@ -1,9 +1,6 @@
 """The paper's exact form: `nmt.preset: paper`, FAMO+NMT in the paper's form (FAMO balances the task loss
 against the constraint term) against a float64 reference of FAMO's rule, and a small famo+nmt stage."""
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +8,6 @@ import torch
 from conftest import tiny_config
 from nmtrec.components.common.config import NMT_PRESETS, Config, ConfigError, NMTConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0}
 # the keys the paper preset leaves as configured: the paper's own knobs (tau, lambda_init, r), the audit
 # switch, the preset itself, and keys that only the `paired` measurement reads (the preset measures `train`)
@@ -62,8 +58,9 @@ def test_with_preset_keeps_the_other_keys():
 
 
 def test_bench_grid_is_the_papers_and_runs_the_preset():
-    sys.path.insert(0, str(ROOT))
-    bench = importlib.import_module("benchmarks.nmt")
+    from conftest import import_benchmark
+
+    bench = import_benchmark("nmt")
     assert bench.ETAS == (1e-4, 5e-4, 1e-3) and bench.TAUS == (1e-2, 5e-2, 1e-1)
     cfg = tiny_config(nmt={"lambda_init": 1.0, "relative_tolerance": 0.01})
     point = bench.paper_point(cfg, 5e-4, 0.1)

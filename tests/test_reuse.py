@@ -12,7 +12,8 @@ from nmtrec.pipelines.cli import main
 from nmtrec.components.common.step_inputs import Step, step_inputs_json
 from nmtrec.pipelines.local import run_local
 
-SMALL = {"data": {"synthetic": {"rows": 3000, "users": 200, "items": 300}}, "train": {"max_epochs": 1}}
+# like_rate 0.2: share and follow (only on likely rows) then have positives in every split of 3,000 rows
+SMALL = {"data": {"synthetic": {"rows": 3000, "users": 200, "items": 300, "like_rate": 0.2}}, "train": {"max_epochs": 1}}
 
 
 def write_config(path: Path, cfg) -> Path:
