@@ -5,21 +5,15 @@ every higher task at its frozen optimum through the Lagrangian objective. The co
 `tasks` cut to `tasks[:k+1]`, so appending a lower-priority task leaves stages 1..k unchanged
 (their KFP cache keys stay the same).
 
-The frozen optimum f_k(θ*) is measured at the stage's final (best-validation) parameters, in float64,
-twice: the exact mean training loss of task k over one pass, and its validation loss and AUC. By default
-(`nmt.constraint_data: valid`) later stages constrain the validation loss: their multipliers follow
-held-out batches against the frozen validation loss. Why not the training loss, as the paper does: the
-stage that produced θ* stopped at its best *validation* epoch, so its training loss is biased low (demo:
-0.070 train vs 0.085 validation for like), and the next stage's first steps (a new task head, fresh
-optimizer state) raise the training loss by ~10% while the validation loss even improves: a training
-constraint reads a violation that is not there (with per-batch multiplier gains λ went to ≈ 11 and
-starved the new task), and later lets the validation loss drift past its tolerance while it holds.
-The held-out multipliers aim at the frozen validation loss itself: r_j is the allowance for the noise
-of that estimate (audit, early stopping), not a budget to spend on task k (spending it cost like 0.004
-test AUC on the demo, mean of 3 seeds). `constraint_data: train` keeps the paper's form
-f_j <= f_j* + r_j on training batches. Early stopping (components/train/objectives/nmt.py
-`valid_score`) and the constraint audit (components/train/audit.py) use the frozen validation values
-either way.
+The frozen optimum of task k is measured at the stage's final (best-validation) parameters: the mean
+training loss over one pass, the validation loss and AUC, and the per-row losses on the validation
+and test splits (components/train/paired.py), which every later stage carries and compares with.
+How later stages hold it (`nmt.constraint_data`): `paired` (default) compares each higher task with its
+frozen model row by row on the validation split; `valid` follows held-out batches against the frozen
+validation loss; `train` is the paper's f_j <= f_j* + r_j on training batches (a stage that stopped at
+its best validation epoch has a training loss biased low, so that form reads violations that are not
+there). A stage ends with two audits of every higher task: on validation (what chose the epoch) and,
+reported only, on the test split (components/train/paired.py `paired_audit`).
 """
 from __future__ import annotations
 

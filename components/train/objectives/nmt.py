@@ -12,8 +12,7 @@ How the constraints are measured (`nmt.constraint_data`, `measure` here):
   The multipliers follow t_j = mean paired loss difference / its standard error: they aim at the
   frozen quality itself (t = 0), scale-free and data-driven, so one setting serves every data set;
   an epoch is feasible when no higher task is significantly worse (t <= z). Aiming at t = z instead
-  (spending the noise allowance) cost the top task 0.012 AUC on average over `nmtrec bench priority`'s
-  worlds (one seed), aiming at t = 1 0.013.
+  (spending the noise allowance) cost the top task over `nmtrec bench priority`'s worlds.
 - `valid`: one validation batch per step against the frozen validation loss (the loop passes its
   losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
   One batch's loss is a noisy estimate of f_j, so these updates follow g_j, an exponential moving
