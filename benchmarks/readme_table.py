@@ -95,23 +95,23 @@ def update_readme(report_path: Path, readme: Path, config: Path | None = None) -
         raise FigureError(f"{report_path}: not valid JSON ({e})") from None
     if not readme.is_file():
         raise FigureError(f"{readme}: not found")
-    try:
-        source = str(report_path.resolve().relative_to(readme.resolve().parent))
-    except ValueError:
-        source = str(report_path)
-    return _rewrite(readme, render_table(report, source, config), "demo-table")
+    return _rewrite(readme, render_table(report, _relative(report_path, readme), config), "demo-table")
 
 
 def copy_block(markdown: Path, readme: Path, name: str) -> bool:
     """Put a generated markdown file (e.g. the bench's priority.md) into readme's block `name`."""
     if not markdown.is_file():
         raise FigureError(f"{markdown}: not found: run the benchmark that writes it first")
-    try:
-        source = str(markdown.resolve().relative_to(readme.resolve().parent))
-    except ValueError:
-        source = str(markdown)
-    note = f"From `{source}`, written by `make readme-figures` (benchmarks/readme_table.py), do not edit by hand.\n\n"
+    note = f"From `{_relative(markdown, readme)}`, written by `make readme-figures` (benchmarks/readme_table.py), do not edit by hand.\n\n"
     return _rewrite(readme, note + markdown.read_text(), name)
+
+
+def _relative(path: Path, readme: Path) -> str:
+    """`path` as the README names it: relative to the README's folder when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(readme.resolve().parent))
+    except ValueError:
+        return str(path)
 
 
 def _rewrite(readme: Path, block: str, name: str) -> bool:

@@ -44,10 +44,6 @@ def aucs(scores: np.ndarray, labels: np.ndarray) -> list[float]:
     return [auc(labels[:, t], scores[:, t]) for t in range(labels.shape[1])]
 
 
-def split_aucs(model, cols: Columns, batch_size: int) -> list[float]:
-    return aucs(split_scores(model, cols, batch_size), cols.labels)
-
-
 
 
 def constraint_audit(tasks: list[str], stage: int, valid_loss: list[float], valid_auc: list[float],

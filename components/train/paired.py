@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -89,8 +90,6 @@ def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
 
 
 def load_rows(artifact_dir, split: str) -> dict[str, np.ndarray]:
-    from pathlib import Path
-
     path = Path(artifact_dir) / rows_file(split)
     if not path.is_file():
         return {}
