@@ -45,9 +45,11 @@ class ExpertBank(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(num, 1, d).uniform_(-bound, bound)))
             in_dim = d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # every expert sees the same input: a stride-0 view, no copy of x per expert
-            x = x.unsqueeze(0).expand(self.num, *x.shape)
+    def forward(self, x: torch.Tensor, same_input: bool | None = None) -> torch.Tensor:
+        """`same_input`: whether x is the one input of every expert ([B, in]); None: read it from x's
+        rank (a caller that TorchRec's train pipeline traces says it: a traced tensor has no rank)."""
+        if x.dim() == 2 if same_input is None else same_input:  # a stride-0 view, no copy of x per expert
+            x = x.unsqueeze(0).expand(self.num, -1, -1)
         for w, b in zip(self.weights, self.biases):
             # bias fused into the batched GEMM; relu in place (baddbmm's backward does not need its output)
             x = torch.relu_(torch.baddbmm(b, x, w))
@@ -102,7 +104,8 @@ class MultiTaskModel(nn.Module):
         x = torch.cat([pooled[f] for f in self.features], dim=1)
         if self.frozen_shared:
             return x.detach()
-        if self.embedding_l2 > 0 and x.requires_grad:
+        # (a Proxy: TorchRec's train pipeline traces this forward to find the sharded module's input)
+        if self.embedding_l2 > 0 and not isinstance(x, torch.fx.Proxy) and x.requires_grad:
             # L2 on the looked-up embeddings, l2 * mean_batch ||x||^2, added as its gradient: the fused
             # embedding optimizer then decays exactly the rows this batch touched
             coef = 2.0 * self.embedding_l2 / x.shape[0]

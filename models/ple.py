@@ -22,11 +22,11 @@ class _Level(nn.Module):
     def forward(self, inputs: list[torch.Tensor], shared_in: torch.Tensor):
         # expert inputs: each head's experts see that head's input, shared experts the shared input
         if all(i is shared_in for i in inputs):
-            experts = self.experts(shared_in)
+            experts = self.experts(shared_in, same_input=True)
         else:
             stacked = torch.stack([shared_in] * self.shared
                                   + [inputs[h] for h in range(self.heads) for _ in range(self.specific)])
-            experts = self.experts(stacked)
+            experts = self.experts(stacked, same_input=False)
         shared = experts[:self.shared]
         outs = []
         for h, gate in enumerate(self.gates):

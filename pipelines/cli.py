@@ -28,11 +28,11 @@ def _start(cfg, args):
 
 def _run(args) -> int:
     from nmtrec.components.evaluate.scoring import summary_table
-    from nmtrec.pipelines.local import forget_report, run_local
+    from nmtrec.pipelines.local import EFFECTIVE_CONFIG, forget_report, run_local
     from nmtrec.pipelines.preflight import check_before_run
 
     forget_report(args.output)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     start = _start(cfg, args)
     check_before_run(cfg)
     print(f"nmtrec run '{cfg.name}': {' > '.join(cfg.tasks)}; {len(cfg.methods)} method(s); output {args.output}"
@@ -43,7 +43,8 @@ def _run(args) -> int:
     print(f"stages trained: {', '.join(run.trained_stages) or 'none'}; "
           f"reused from cache: {', '.join(run.reused_stages) or 'none'}\n")
     print(summary_table(report))
-    print(f"\nreport: {run.report}\nHTML report: {run.report.with_name('report.html')}")
+    print(f"\nreport: {run.report}\nHTML report: {run.report.with_name('report.html')}\n"
+          f"effective config: {run.report.with_name(EFFECTIVE_CONFIG)}")
     logs = [r.log for r in run.records if r.ran]
     if logs:
         print(f"step logs ({run.logs}/): {', '.join(p.name for p in logs)}")
@@ -63,7 +64,7 @@ def _step_failed(e, verbose: bool) -> int:
 def _compile(args) -> int:
     from nmtrec.pipelines.submit import compile_package
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     out = compile_package(cfg, args.output, args.image, _start(cfg, args))
     print(f"compiled pipeline '{cfg.name}' ({len(cfg.tasks)} stages) -> {out}")
     return 0
@@ -72,7 +73,7 @@ def _compile(args) -> int:
 def _submit(args) -> int:
     from nmtrec.pipelines.submit import submit
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     result = submit(cfg, args.host, experiment=args.experiment, namespace=args.namespace, cache=not args.no_cache,
                     image=args.image, start=_start(cfg, args))
     print(f"submitted pipeline '{cfg.name}' to {args.host}: run {getattr(result, 'run_id', result)}")
@@ -88,11 +89,17 @@ def _add_start_args(p) -> None:
                         "report's single-task baseline)")
 
 
+def _add_set_arg(p) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config key, the value read as YAML (repeatable), e.g. --set train.lr=0.01 "
+                        "--set tasks.1.loss=pairwise; validated like the file")
+
+
 def _preprocess(args) -> int:
     from nmtrec.components.preprocess.beam_pipeline import run_preprocess
     from nmtrec.components.preprocess.from_config import spec_from_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     source = args.input or cfg.data.path
     if not source:
         raise ConfigError(f"{args.config}: data.path is not set; give the input file with --input")
@@ -106,9 +113,44 @@ def _preprocess(args) -> int:
 def _generate(args) -> int:
     from nmtrec.components.generate.synthetic import SyntheticSpec, generate
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     rows = generate(SyntheticSpec(seed=cfg.seed, **cfg.data.synthetic.model_dump()), args.output)
     print(f"{rows} rows -> {args.output}")
+    return 0
+
+
+def _runs(args) -> int:
+    from nmtrec.pipelines.inspect_run import find_runs, make_console, render_runs
+
+    folders = find_runs(args.dir)
+    if not folders:
+        print(f"no run folders under {args.dir} (a run folder holds report.json, run.json or kfp/)")
+        return 0
+    render_runs(folders, make_console())
+    return 0
+
+
+def _inspect(args) -> int:
+    from nmtrec.pipelines.inspect_run import read_run, make_console, render_run
+
+    render_run(read_run(args.run), make_console())
+    return 0
+
+
+def _export(args) -> int:
+    from nmtrec.components.serve.export import export_checkpoint
+
+    m = export_checkpoint(args.checkpoint, args.output, dataset_dir=args.dataset, int8=args.int8)
+    print(f"exported {m['method']} model ({' > '.join(m['tasks'])}; embeddings {m['embeddings']}) -> {args.output}")
+    return 0
+
+
+def _predict(args) -> int:
+    from nmtrec.components.serve.predict import predict_file
+
+    r = predict_file(args.model, args.input, args.output, on_bad_rows=args.on_bad_rows, batch_rows=args.batch_rows)
+    skipped = f"; {r.bad_rows_skipped} bad row(s) skipped" if r.bad_rows_skipped else ""
+    print(f"{r.rows} rows scored ({', '.join(r.tasks)}){skipped} -> {r.output}")
     return 0
 
 
@@ -164,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole pipeline locally with kfp.local")
     r.add_argument("--config", required=True)
+    _add_set_arg(r)
     r.add_argument("--output", required=True, help="directory for report.json and the run's artifacts")
     r.add_argument("--no-cache", action="store_true",
                    help="rerun every step (default: reuse steps cached in .kfp-cache beside --output)")
@@ -174,12 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
     c = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines YAML package")
     c.add_argument("--config", required=True)
+    _add_set_arg(c)
     c.add_argument("--output", required=True, help="pipeline YAML file to write")
     c.add_argument("--image", help="container image of the steps (default: cluster.image)")
     _add_start_args(c)
     c.set_defaults(func=_compile)
     s = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines host")
     s.add_argument("--config", required=True)
+    _add_set_arg(s)
     s.add_argument("--host", required=True, help="KFP API URL, e.g. https://kubeflow.example.com/pipeline")
     s.add_argument("--experiment", help="experiment name (default: the config's name)")
     s.add_argument("--namespace", help="Kubernetes namespace (multi-user Kubeflow)")
@@ -189,14 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_submit)
     pp = sub.add_parser("preprocess", help="Beam preprocessing of a data file into Parquet splits + feature spec")
     pp.add_argument("--config", required=True)
+    _add_set_arg(pp)
     pp.add_argument("--input", help="data file (default: the config's data.path)")
     pp.add_argument("--output", required=True, help="dataset directory to write")
     pp.add_argument("--runner", help="Beam runner (default: data.runner), e.g. FlinkRunner")
     pp.set_defaults(func=_preprocess)
     g = sub.add_parser("generate", help="write the config's synthetic CSV (data.synthetic)")
     g.add_argument("--config", required=True)
+    _add_set_arg(g)
     g.add_argument("--output", required=True, help="CSV file to write")
     g.set_defaults(func=_generate)
+    ls = sub.add_parser("runs", help="list the runs (nmtrec run --output folders) under a folder")
+    ls.add_argument("dir", metavar="DIR", help="folder to search, e.g. runs")
+    ls.set_defaults(func=_runs)
+    ins = sub.add_parser("inspect", help="a run's stages (trained/reused, checkpoint paths, frozen optima, λ, "
+                                         "audits) and its methods' AUC")
+    ins.add_argument("run", metavar="RUN", help="the run's output folder, e.g. runs/demo")
+    ins.set_defaults(func=_inspect)
+    ex = sub.add_parser("export", help="a stage checkpoint -> a servable model directory (torch.export, raw ids in)")
+    ex.add_argument("--checkpoint", required=True, metavar="STAGE_DIR", help="a stage's checkpoint artifact")
+    ex.add_argument("--output", required=True, metavar="DIR", help="directory to write (model.pt2 + export.json)")
+    ex.add_argument("--dataset", metavar="DIR", help="the preprocessed dataset it was trained on, for the vocabularies "
+                                                     "(default: the preprocess step of the same `nmtrec run`)")
+    ex.add_argument("--int8", action="store_true", help="row-wise int8 embedding tables (dequantized on lookup)")
+    ex.set_defaults(func=_export)
+    pr = sub.add_parser("predict", help="score a raw data file (the training format) with an exported model -> Parquet")
+    pr.add_argument("--model", required=True, metavar="DIR", help="an `nmtrec export` directory")
+    pr.add_argument("--input", required=True, help="raw data file in the model's training format")
+    pr.add_argument("--output", required=True, help="Parquet file to write: row, line and one column per task")
+    pr.add_argument("--on-bad-rows", choices=["error", "skip"], default="error",
+                    help="a row that does not parse: stop naming its line (default), or skip and count it")
+    pr.add_argument("--batch-rows", type=int, default=65536, help="rows per forward pass (default 65536)")
+    pr.set_defaults(func=_predict)
     names = _benchmark_names()
     b = sub.add_parser("bench", help="benchmarks (ratios against a reference measured in the same run; from a checkout)",
                        description="\n".join(f"  {n:12s} {d}" for n, d in names.items()) or "no benchmarks/ here",

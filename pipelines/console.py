@@ -45,6 +45,7 @@ class StepRecord:
     figure: str = ""
     returncode: int | None = None
     error: dict | None = None  # {"type", "message", "ours"} of a failed step
+    artifacts: dict[str, str] = field(default_factory=dict)  # output name -> URI (a reused step's: the cached one)
 
     @property
     def error_file(self) -> Path:
@@ -236,6 +237,7 @@ class StepHooks:
                 step.status = ("trained" if name.startswith(("stage-", "famo-nmt-", "joint-")) else "done") \
                     if step.ran else "reused"
                 step.figure = _figure(step, outputs)
+                step.artifacts = {k: v.uri for k, v in outputs.items() if isinstance(getattr(v, "uri", None), str)}
             else:
                 step.status = "failed"
                 step.error = _read_error(step)

@@ -9,7 +9,7 @@ The console shows one line per step (pipelines/console.py); each step's output g
 With `train.checkpoint_every` and no `train.resume_root`, the stages keep their resume checkpoints
 under `<output>/.resume` (one folder per stage, keyed by the stage's inputs): the same path on every
 rerun of the same run, so a rerun after a crash or kill -9 resumes the unfinished stage; the folder
-goes when the run completes.
+goes when the run completes. `<output>/run.json` records the run and its steps (run_record.py).
 """
 from __future__ import annotations
 
@@ -22,17 +22,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from kfp import local
 
 from nmtrec.components.common.config import Config
 from nmtrec.components.common.feature_spec import FeatureSpec, LabelError
-from nmtrec.components.common.files import copy_file_atomic
+from nmtrec.components.common.files import copy_file_atomic, write_text_atomic
 from nmtrec.pipelines.console import StepConsole, StepFailed, StepHooks, StepRecord, capture_steps
 from nmtrec.components.common.step_inputs import RUN_SETTINGS_ENV, run_settings_json
 from nmtrec.pipelines.pipeline import build_pipeline
+from nmtrec.pipelines.run_record import finish_record, start_record
 
 CACHE_DIR = ".kfp-cache"
 LOGS_DIR = "logs"
+EFFECTIVE_CONFIG = "config.yaml"  # the run's config after --set, beside report.json
 RESUME_DIR = ".resume"  # the default train.resume_root of `nmtrec run`, under its output folder
 _CACHE_HIT = re.compile(r"Task (\S+) cache hit")
 
@@ -68,6 +71,7 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     forget_report(output)
+    save_effective_config(cfg, output)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"),
                raise_on_error=True, enable_caching=cache, cache_root=str(output.parent / CACHE_DIR))
     pipeline = build_pipeline(cfg, local=True, start=start)
@@ -83,6 +87,7 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     root.addHandler(hits)
     root.setLevel(logging.INFO)
     # each step's subprocess inherits the run settings; kfp.local's cache key covers only task env vars
+    record = start_record(output, cfg, start)  # run.json, for `nmtrec runs` / `nmtrec inspect`
     saved = os.environ.get(RUN_SETTINGS_ENV)
     os.environ[RUN_SETTINGS_ENV] = run_settings_json(cfg)
     began = time.perf_counter()
@@ -91,6 +96,8 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
             task = pipeline()
     except Exception as e:
         failed = hooks.failed
+        finish_record(output, record, hooks.steps, "failed", time.perf_counter() - began,
+                      failed.name if failed else None, (failed.error or {}).get("message") if failed else str(e))
         if failed is None:
             raise
         err = failed.error or {}
@@ -110,6 +117,7 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
     for key, name in (("html", "report.html"), ("report", "report.json")):  # report.json last: it marks done
         dest = output / name
         copy_file_atomic(Path(task.outputs[key].path), dest)
+    finish_record(output, record, hooks.steps, "complete", seconds)
     if resume_root is not None:  # every stage is done: nothing left to resume
         shutil.rmtree(resume_root, ignore_errors=True)
     spec_tasks = _task_names(pipeline)
@@ -119,6 +127,14 @@ def run_local(cfg: Config, output: str | Path, *, cache: bool = True, start=None
                     trained_stages=[stages[t] for t in stages if steps.get(t) == "ran"],
                     reused_stages=[stages[t] for t in stages if steps.get(t) == "cached"],
                     records=hooks.steps, logs=output / LOGS_DIR)
+
+
+def save_effective_config(cfg: Config, output: Path) -> Path:
+    """`<output>/config.yaml`: the config this run used, the file's keys with every --set applied and
+    every default filled in (`nmtrec run --config` reads it back to the same config)."""
+    text = f"# the effective config of this run (--set overrides applied, defaults filled in)\n" \
+           f"{yaml.safe_dump(cfg.as_written(), sort_keys=False)}"
+    return write_text_atomic(output / EFFECTIVE_CONFIG, text)
 
 
 def forget_report(output: str | Path) -> None:
@@ -133,7 +149,7 @@ def _check_dataset(cfg: Config, step: StepRecord, outputs: dict) -> str | None:
     if "dataset" not in outputs:
         return None
     try:
-        FeatureSpec.read(outputs["dataset"].path).check_labels(cfg.tasks)
+        FeatureSpec.read(outputs["dataset"].path).check_labels(cfg.tasks, label_of=cfg.label_map())
     except LabelError as e:
         return f"{e} (checked after step {step.name!r}, before training)"
     except (OSError, ValueError):

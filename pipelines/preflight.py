@@ -1,7 +1,7 @@
 """What `nmtrec run` checks before its first step, so that a mistake costs seconds, not a stage:
 
-- every task names a label column: one of data.labels when set, else a label of the data format
-  (tenrec/synthetic: click, follow, like, share; tiktok: finish, like);
+- every task's label column (its `label` setting, else its name) is one of data.labels when set, else
+  a label of the data format (tenrec/synthetic: click, follow, like, share; tiktok: finish, like);
 - the methods fit the task count (the config's own validation, components/common/config.py);
 - a data file (tenrec/tiktok) exists, is not empty, has the header (or field count) of its format,
   the configured feature and label columns, and at least one data row (its first line and its size
@@ -21,14 +21,17 @@ def check_before_run(cfg: Config) -> None:
     from nmtrec.components.preprocess.schemas import get_format
 
     fmt = get_format(cfg.data.source)
-    for task in cfg.tasks:
+    for i, task in enumerate(cfg.tasks):
+        label = cfg.label_of(task)
+        # the key that names the column: the task's own `label` setting, else the task itself
+        key, what = (f"tasks.{i}.label", f"label {label!r} (of task {task!r})") if label != task else ("tasks", repr(task))
         if cfg.data.labels is not None:
-            if task not in cfg.data.labels:
-                raise PreflightError(f"tasks: {task!r} is not in data.labels {cfg.data.labels}: a task trains on its "
+            if label not in cfg.data.labels:
+                raise PreflightError(f"{key}: {what} is not in data.labels {cfg.data.labels}: a task trains on its "
                                      f"label column; add it to data.labels")
-        elif task not in fmt.default_labels:
-            raise PreflightError(f"tasks: {task!r} is not a label of the {fmt.name} data (labels: "
-                                 f"{', '.join(fmt.default_labels)}); if your file has a 0/1 column {task!r}, list "
+        elif label not in fmt.default_labels:
+            raise PreflightError(f"{key}: {what} is not a label of the {fmt.name} data (labels: "
+                                 f"{', '.join(fmt.default_labels)}); if your file has a 0/1 column {label!r}, list "
                                  f"the labels to read in data.labels")
     if cfg.data.source == "synthetic":
         return

@@ -65,3 +65,16 @@ def tiny_dataset(tmp_path_factory, tiny_cfg):
     generate(SyntheticSpec(seed=tiny_cfg.seed, **tiny_cfg.data.synthetic.model_dump()), root / "data.csv")
     preprocess_from_config(step_inputs_json(tiny_cfg, Step("preprocess")), str(root / "data.csv"), str(root / "dataset"))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2(tmp_path_factory, tiny_cfg, tiny_dataset):
+    """Stages 1 and 2 trained on tiny_dataset, once per session; returns stage 2's checkpoint directory
+    (tests/test_export.py and test_predict.py export and serve it)."""
+    from nmtrec.components.train.stage import run_stage
+
+    root = tmp_path_factory.mktemp("stages")
+    data = str(tiny_dataset / "dataset")
+    run_stage(tiny_cfg, 0, data, str(root / "s1"))
+    run_stage(tiny_cfg, 1, data, str(root / "s2"), str(root / "s1"))
+    return root / "s2"

@@ -21,9 +21,10 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def dist_config(sharding: str, nproc: int):
+    # shuffle_rows below the split's rows: the epoch streams several shuffle windows (components/train/data.py)
     return tiny_config(train={"batch_size": 256, "max_epochs": 1, "patience": 0, "nproc": nproc,
                               "sharding": [sharding], "threads": 1,
-                              "min_column_shard": 4})
+                              "min_column_shard": 4, "shuffle_rows": 1500})
 
 
 def plain_model(cfg, dataset: Path, ckpt: Path):
@@ -186,7 +187,7 @@ def test_two_process_stage_killed_resumes_on_one_process(tiny_dataset, tmp_path)
     data = str(tiny_dataset / "dataset")
     # no resume_root: the default, `<stage output>.resume`
     train = {"batch_size": 64, "max_epochs": 1, "patience": 0, "threads": 1, "checkpoint_every": 5,
-             "sharding": ["table_wise"]}
+             "sharding": ["table_wise"], "shuffle_rows": 1500}  # several windows: the resume skips some
 
     def launch(nproc, out):
         f = tmp_path / f"cfg{nproc}.json"

@@ -10,6 +10,8 @@ ALLOWED = {
     "nmtrec.components.preprocess": ["nmtrec.components.common"],
     "nmtrec.components.train": ["nmtrec.components.common", "nmtrec.models"],
     "nmtrec.components.evaluate": ["nmtrec.components.common", "nmtrec.models", "nmtrec.components.train"],
+    "nmtrec.components.serve": ["nmtrec.components.common", "nmtrec.models", "nmtrec.components.train",
+                                "nmtrec.components.preprocess"],
     "nmtrec.components": [],  # the package itself
     "nmtrec.pipelines": ["nmtrec.components", "nmtrec.models"],
 }

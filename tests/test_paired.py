@@ -36,6 +36,21 @@ def test_paired_mean_and_standard_error():
     assert c.degraded(2.0) and not paired.compare(ref, ref).degraded(2.0) and paired.compare(ref, ref).t() == 0.0
 
 
+def test_a_task_tolerance_is_an_allowance_on_the_mean_loss_increase():
+    rng = np.random.default_rng(3)
+    ref = rng.random(1000).astype(np.float32).astype(np.float64)
+    cur = (ref + 0.01 + rng.normal(0, 0.05, 1000)).astype(np.float32).astype(np.float64)
+    d = cur - ref
+    se = d.std(ddof=1) / np.sqrt(1000)
+    assert paired.compare(cur, ref).degraded(2.0)  # 0.01 worse, SE ~0.0016: significant
+    within = paired.compare(cur, ref, allowance=0.01)
+    assert within.t() == pytest.approx((d.mean() - 0.01) / se) and not within.degraded(2.0)
+    c = paired.paired_audit(["like"], cur[:, None], {"like": ref}, [0.7], {"like": 0.71}, 2.0, {"like": 1.0},
+                            {"like": 0.01})[0]
+    assert not c["breach"] and c["tolerance"] == pytest.approx(0.01 + 2.0 * se)
+    assert paired.paired_audit(["like"], cur[:, None], {"like": ref}, [0.7], {"like": 0.71}, 2.0, {})[0]["breach"]
+
+
 def test_multipliers_follow_the_standardized_excess_and_the_score_ranks_feasible_first():
     obj = NMTStage(1, {0: 0.5}, lambda_init=1.0, measure="paired", z=2.0, checks_per_epoch=4)
     lam0 = float(obj.lam[0])

@@ -65,3 +65,21 @@ def test_skip_policy_counts_bad_rows(tmp_path):
     spec = json.loads((out / "feature_spec.json").read_text())
     assert spec["bad_rows_skipped"] == 2
     assert spec["rows_read"] == sum(s["rows"] for s in spec["splits"].values()) == 9
+
+
+def test_a_failed_shard_write_fails_the_run_and_leaves_nothing(tmp_path, monkeypatch):
+    """Shards are written behind the encoding, on another thread: its error still ends the run."""
+    from nmtrec.components.preprocess import beam_pipeline
+    from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
+
+    def broken(self, index, encoded, bounds):
+        raise OSError(f"disk full writing range {index}")
+
+    monkeypatch.setattr(beam_pipeline._EncodeRange, "_write", broken)
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + GOOD * 50)
+    spec = PreprocessSpec(sparse=["user_id", "item_id"], bags={}, bag_tables={}, labels=["click", "like"],
+                          chunk_bytes=500)
+    with pytest.raises(Exception, match="disk full writing range"):
+        run_preprocess(str(src), str(tmp_path / "out"), spec)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -45,6 +45,10 @@ CHANGES = [
     ({"tasks": ["click", "like", "share"]}, [S1, S2, S3, F2, F3, *JOINT, EVAL]),
     ({"methods": ["nmt", "single_task", "equal_weights", "famo", "famo+nmt", "weight_grid:0.6:0.3:0.1",
                   "weight_grid:0.2:0.4:0.4"]}, [EVAL]),
+    # a task's own settings reach the steps that train it and those below it, never the ones above
+    ({"tasks": ["like", {"name": "click", "label": "follow"}, "share"]}, [S2, S3, F2, F3, *JOINT]),
+    ({"tasks": ["like", "click", {"name": "share", "loss": "pairwise"}]}, [S3, F3, *JOINT]),
+    ({"tasks": [{"name": "like", "label": "like"}, "click", "share"]}, []),  # the same as the bare name
 ]
 DOWNSTREAM = {GEN: [PREP], PREP: TRAINING, S1: [S2, F2], S2: [S3], F2: [F3], S3: [EVAL], F3: [EVAL],
               **{j: [EVAL] for j in JOINT}, EVAL: []}
@@ -139,3 +143,28 @@ def test_run_settings_reach_the_step_and_restore_the_config(monkeypatch):
     monkeypatch.setenv(RUN_SETTINGS_ENV, json.dumps({"train.lr": 1.0}))
     with pytest.raises(ValueError, match="not a run-only setting"):
         runtime_config(inputs)
+
+
+@pytest.mark.parametrize("task,direct", [(0, [S2, S3, F2, F3]), (1, [S3, F3]), (2, [])])
+def test_a_tolerance_reaches_only_the_stages_it_constrains(tmp_path, task, direct):
+    """Task j's tolerance bounds it in the stages below it (constraint_data valid reads it), not in its own
+    stage, not in the joint baselines; the lowest task's constrains nothing."""
+    base = merged({"nmt": {"constraint_data": "valid"}})
+    tasks = list(BASE["tasks"])
+    tasks[task] = {"name": tasks[task], "tolerance": 0.01}
+    keys, before = step_keys(merged({"nmt": {"constraint_data": "valid"}, "tasks": tasks}), tmp_path), \
+        step_keys(base, tmp_path)
+    assert {s for s in ALL if keys[s] != before[s]} == set(direct)
+
+
+def test_appending_a_task_with_settings_leaves_the_stages_above_unchanged():
+    two = merged({"tasks": ["like", {"name": "clicked", "label": "click", "loss": "pairwise"}],
+                  "methods": ["nmt"]})
+    three = merged({"tasks": ["like", {"name": "clicked", "label": "click", "loss": "pairwise"},
+                              {"name": "shared", "label": "share", "loss": "pairwise"}], "methods": ["nmt"]})
+    assert [step_inputs_json(three, Step("stage", k)) for k in (0, 1)] == \
+        [step_inputs_json(two, Step("stage", k)) for k in (0, 1)]
+    third = Config.from_json(step_inputs_json(three, Step("stage", 2)))
+    assert third.tasks == ["like", "clicked", "shared"]
+    assert (third.label_of("clicked"), third.loss_of("shared"), third.label_of("like")) == ("click", "pairwise", "like")
+    assert "shared" not in Config.from_json(step_inputs_json(three, Step("stage", 1))).task_settings

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from nmtrec.components.common.cluster import ClusterConfig
 from nmtrec.components.common.methods import parse_method
+from nmtrec.components.common.overrides import OverrideError, apply_overrides, parse_override, source_of
 
 
 class ConfigError(ValueError):
@@ -46,9 +49,9 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int = Field(1, ge=1)
     chunk_bytes: int = Field(64 << 20, gt=0)
-    runner: str = "DirectRunner"  # or FlinkRunner, SparkRunner, DataflowRunner (+ beam_options)
-    num_workers: int = Field(1, ge=1)  # DirectRunner processes (direct_num_workers)
-    beam_options: dict[str, Any] = {}  # passed to Beam's PipelineOptions, e.g. {flink_master: "host:8081"}
+    runner: str = "DirectRunner"  # or dask, FlinkRunner, SparkRunner, DataflowRunner (+ beam_options)
+    num_workers: int = Field(1, ge=1)  # DirectRunner processes; dask: LocalCluster processes (no scheduler given)
+    beam_options: dict[str, Any] = {}  # Beam's options, e.g. {flink_master: "host:8081"}, {dask_client_address: ...}
     # label columns kept in the dataset; default: every label of the format (tenrec/synthetic:
     # click, follow, like, share; tiktok: finish, like)
     labels: Optional[list[str]] = None
@@ -119,6 +122,9 @@ class TrainConfig(_Strict):
     resume_root: Optional[str] = None
     retries: int = Field(0, ge=0)  # KFP retry policy of each train step (a retried step resumes)
     loss: Literal["bce", "pairwise"] = "bce"  # per-task loss (components/train/losses.py)
+    # rows of a split one process holds while training: the epoch is a seeded permutation of the row
+    # groups, cut into windows of this many rows, each shuffled (components/train/data.py)
+    shuffle_rows: int = Field(1 << 18, gt=0)
 
 
 # nmt.preset: the keys a preset pins (every other key stays as configured). "paper": the paper's exact
@@ -133,9 +139,10 @@ NMT_PRESETS: dict[str, dict[str, Any]] = {
 class NMTConfig(_Strict):
     lambda_init: float = Field(0.0, ge=0)
     tau: float = Field(0.05, gt=0)  # multiplier step
-    tolerance: float = Field(0.0, ge=0)  # r_j: allowed excess over the frozen optimum
+    # r_j: allowed excess over the frozen optimum (paired: of the mean per-row loss, judged with z SEs)
+    tolerance: float = Field(0.0, ge=0)
     ema: float = Field(0.9, ge=0, lt=1)  # smoothing of the per-batch constraint before the λ step
-    # r_j also grows with the optimum: r_j = tolerance + relative_tolerance * f_j* (train and validation)
+    # valid and train only: r_j also grows with the optimum, r_j = tolerance + relative_tolerance * f_j*
     relative_tolerance: float = Field(0.0, ge=0)
     # multiplier update: "pi" (nuPI on the relative violation, no τ to search) or "gradient" (λ += τ g)
     multiplier: Literal["pi", "gradient"] = "pi"
@@ -172,10 +179,28 @@ class NMTConfig(_Strict):
         return NMTConfig.model_validate({**self.model_dump(), **NMT_PRESETS[name], "preset": name})
 
 
+class TaskConfig(_Strict):
+    """A task's own settings; each unset one falls back to the run's (written in `tasks` as a mapping:
+    `- {name: purchase, label: buy, loss: pairwise, tolerance: 0.001}`)."""
+    label: Optional[str] = None  # its label column in the data (default: the task's name)
+    loss: Optional[Literal["bce", "pairwise"]] = None  # default: train.loss
+    # r_j's absolute part while it constrains lower tasks (default: nmt.tolerance): with paired
+    # constraints the mean per-row loss increase the task may spend, beyond which z standard errors count
+    tolerance: Optional[float] = Field(None, ge=0)
+
+
+TASK_KEYS = ("name", *TaskConfig.model_fields)
+
+
 class Config(_Strict):
     name: str = "nmtrec"
     seed: int = 0
+    # in priority order; each a name or a mapping with its own settings (TaskConfig). Code reads the
+    # names here and a task's settings through label_of / loss_of / tolerance_of
     tasks: list[str] = Field(min_length=1)
+    # filled from the mappings in `tasks` (only tasks with a setting); left out of a dump when empty, so a
+    # config without per-task settings dumps (and keys its steps) as before they existed
+    task_settings: dict[str, TaskConfig] = {}
     # methods to train and compare; "nmt" is the staged chain, others are baselines beside it
     # (nmt, single_task, equal_weights, famo, famo+nmt, weight_grid:<w1>:<w2>...; pipelines/baselines.py)
     methods: list[str] = ["nmt"]
@@ -187,6 +212,28 @@ class Config(_Strict):
     # Kubernetes side (image, resources, GPUs, TrainJob); never part of a step's inputs
     cluster: Optional[ClusterConfig] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_task_mappings(cls, data):
+        """`tasks: [like, {name: buy, loss: pairwise}]` -> tasks (names) + task_settings (by name)."""
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            return data
+        names, settings = [], dict(data.get("task_settings") or {})
+        for i, item in enumerate(data["tasks"]):
+            if not isinstance(item, dict):
+                names.append(item)
+                continue
+            unknown = sorted(set(item) - set(TASK_KEYS))
+            if unknown or not isinstance(item.get("name"), str) or not item["name"]:
+                raise ValueError(f"tasks.{i}: a task written as a mapping needs `name` and may set "
+                                 f"{', '.join(TASK_KEYS[1:])}" + (f"; unknown key(s) {unknown}" if unknown else ""))
+            name = item["name"]
+            if name in settings:
+                raise ValueError(f"tasks.{i}: the settings of task {name!r} are given twice")
+            settings[name] = {k: v for k, v in item.items() if k != "name"}
+            names.append(name)
+        return {**data, "tasks": names, "task_settings": settings}
+
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, v):
@@ -195,12 +242,64 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _task_settings_fit(self):
+        stray = [t for t in self.task_settings if t not in self.tasks]
+        if stray:
+            raise ValueError(f"task_settings: {stray} are not in tasks {self.tasks}")
+        # canonical: a label equal to the name and an empty mapping mean the bare name (the same step inputs)
+        settings = {}
+        for t, s in self.task_settings.items():
+            if s.label == t:
+                s = s.model_copy(update={"label": None})
+            if s.model_dump(exclude_none=True):
+                settings[t] = s
+        self.task_settings = settings
+        return self
+
+    @model_validator(mode="after")
     def _known_methods(self):
         for name in self.methods:
             parse_method(name, len(self.tasks))
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be distinct, got {self.methods}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_task_settings(self, handler):
+        d = handler(self)
+        if not self.task_settings:
+            d.pop("task_settings", None)
+        return d
+
+    def label_of(self, task: str) -> str:
+        """The label column `task` trains and is scored on."""
+        s = self.task_settings.get(task)
+        return s.label if s is not None and s.label is not None else task
+
+    def labels_of(self, tasks: list[str]) -> list[str]:
+        return [self.label_of(t) for t in tasks]
+
+    def label_map(self) -> dict[str, str]:
+        """{task: its label column} of every task."""
+        return {t: self.label_of(t) for t in self.tasks}
+
+    def loss_of(self, task: str) -> str:
+        s = self.task_settings.get(task)
+        return s.loss if s is not None and s.loss is not None else self.train.loss
+
+    def tolerance_of(self, task: str) -> float:
+        """r_j's absolute part when `task` constrains a lower one."""
+        s = self.task_settings.get(task)
+        return s.tolerance if s is not None and s.tolerance is not None else self.nmt.tolerance
+
+    def as_written(self) -> dict:
+        """The config as a file would write it (JSON types): tasks with settings as mappings, no
+        task_settings key; load_config reads it back to an equal Config."""
+        d = self.model_dump(mode="json")
+        settings = d.pop("task_settings", {})
+        d["tasks"] = [{"name": t, **{k: v for k, v in settings[t].items() if v is not None}} if t in settings else t
+                      for t in self.tasks]
+        return d
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -213,6 +312,9 @@ class Config(_Strict):
         """A copy with top-level keys replaced (a dict is merged into its section), validated again
         (model_copy would skip validation, e.g. a weight grid no longer matching the task count)."""
         d = self.model_dump()
+        if "tasks" in changes and "task_settings" not in changes:  # settings follow the tasks that stay
+            d["task_settings"] = {t: s for t, s in d.get("task_settings", {}).items()
+                                  if t in changes["tasks"]}
         for k, v in changes.items():
             d[k] = {**d[k], **v} if isinstance(v, dict) else v
         return Config.model_validate(d)
@@ -223,7 +325,9 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read and validate a config file; `overrides` ("key.path=value", components/common/overrides.py)
+    change its keys before validation, and an error in one names the key and the --set it came from."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -234,10 +338,36 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
+        sets = [parse_override(o) for o in overrides]
+        raw = apply_overrides(raw, sets)
+    except OverrideError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    where = f"{path}" + (f" with {' '.join('--set ' + o.text for o in sets)}" if sets else "")
+    try:
         return Config.model_validate(raw)
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"] if p != "[key]") or "<root>"  # [key]: a bad dict key
-            lines.append(f"  {key}: {err['msg']}")
-        raise ConfigError(f"{path}: invalid config\n" + "\n".join(lines)) from None
+            key = _error_key(err["loc"], raw)
+            msg = err["msg"].removeprefix("Value error, ")
+            named = _NAMED_KEY.match(msg)
+            if named and (not key or named.group(1).startswith(key + ".")):  # a check naming its key itself
+                key, msg = named.group(1), msg[named.end():]
+            came = source_of(key, sets) if key else None
+            lines.append(f"{key or '<root>'}: {msg}" + (f" (from --set {came.text})" if came else ""))
+        # one problem: one line; several: one line each
+        listed = f": {lines[0]}" if len(lines) == 1 else "".join(f"\n  {line}" for line in lines)
+        raise ConfigError(f"{where}: invalid config{listed}") from None
+
+
+_NAMED_KEY = re.compile(r"([A-Za-z_]\w*(?:\.\w+)+): ")
+
+
+def _error_key(loc: tuple, raw: dict) -> str:
+    """A validation error's location as the file spells it: task_settings.<name>.x is tasks.<i>.x."""
+    parts = [str(p) for p in loc if p != "[key]"]  # [key]: a bad dict key
+    if len(parts) >= 2 and parts[0] == "task_settings" and "task_settings" not in raw:
+        names = [t.get("name") if isinstance(t, dict) else t for t in raw.get("tasks") or []]
+        if parts[1] in names:
+            parts[:2] = ["tasks", str(names.index(parts[1]))]
+    return ".".join(parts)

@@ -126,31 +126,33 @@ class FeatureSpec:
     def rows_per_split(self) -> dict[str, int]:
         return {name: s.rows for name, s in self.splits.items()}
 
-    def label_problems(self, tasks: list[str], splits=NEEDED_SPLITS) -> list[str]:
+    def label_problems(self, tasks: list[str], splits=NEEDED_SPLITS, label_of: dict[str, str] | None = None) -> list[str]:
         """Why each task's label cannot be trained or scored: a split it needs with no rows, no positives
-        or no negatives. Empty when fine, or when the dataset predates per-split counts."""
+        or no negatives. Empty when fine, or when the dataset predates per-split counts. `label_of`:
+        task -> its label column where that is not the task's name (a task's `label` setting)."""
         out = []
         for task in tasks:
-            if task not in self.labels:
-                out.append(f"task {task!r}: no label column {task!r} in the dataset (labels: {', '.join(self.labels)})")
+            label = (label_of or {}).get(task, task)
+            if label not in self.labels:
+                out.append(f"task {task!r}: no label column {label!r} in the dataset (labels: {', '.join(self.labels)})")
                 continue
             found = {"no rows": [], "no positives": [], "no negatives": []}
             for split in splits:
                 rows = self.splits[split].rows if split in self.splits else 0
-                pos = self.split_positives.get(split, {}).get(task)
+                pos = self.split_positives.get(split, {}).get(label)
                 if rows == 0:
                     found["no rows"].append(split)
                 elif pos == 0:
                     found["no positives"].append(f"{split} (0 of {rows:,} rows positive)")
                 elif pos == rows:
                     found["no negatives"].append(f"{split} ({pos:,} of {rows:,} rows positive)")
-            out += [f"task {task!r}: label {task!r} has {what} in split(s) {', '.join(where)}"
+            out += [f"task {task!r}: label {label!r} has {what} in split(s) {', '.join(where)}"
                     for what, where in found.items() if where]
         return out
 
-    def check_labels(self, tasks: list[str], where: str = "") -> None:
+    def check_labels(self, tasks: list[str], where: str = "", label_of: dict[str, str] | None = None) -> None:
         """LabelError naming every task, split and count that makes training or scoring meaningless."""
-        problems = self.label_problems(tasks)
+        problems = self.label_problems(tasks, label_of=label_of)
         if problems:
             raise LabelError(f"{where + ': ' if where else ''}{'; '.join(problems)}. A task needs both classes in "
                              f"{', '.join(NEEDED_SPLITS)}: drop it from `tasks` or use data where it varies")

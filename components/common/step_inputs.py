@@ -27,7 +27,8 @@ RUN_ONLY = ("name", "cluster", "train.nproc", "train.threads", "train.retries", 
 Kind = Literal["generate", "preprocess", "stage", "joint", "evaluate"]
 
 # the config keys each kind of step reads; a step's upstream artifacts (raw data, dataset, checkpoints)
-# carry the rest of what it depends on
+# carry the rest of what it depends on. A training step also reads its tasks' own settings
+# (task_settings, `_task_settings_read`)
 READS: dict[str, tuple[str, ...]] = {
     "generate": ("seed", "data.synthetic"),
     "preprocess": ("seed", "data", "features"),  # not data.synthetic: the generated file is its input
@@ -76,7 +77,23 @@ def step_inputs(cfg: Config, step: Step) -> Config:
         out["tasks"] = cfg.tasks[:step.stage + 1]
         if step.stage == 0:  # one task, no constraints: NMT's settings are not read
             out["nmt"] = base["nmt"]
+    if step.kind in ("stage", "joint"):
+        out["task_settings"] = _task_settings_read(cfg, step, out["tasks"])
     return Config.model_validate(out)
+
+
+def _task_settings_read(cfg: Config, step: Step, tasks: list[str]) -> dict:
+    """The per-task settings a training step reads: those of its tasks only (so appending a task leaves
+    the stages above it unchanged); a tolerance only where it constrains a lower task, i.e. in stage k
+    for the higher tasks tasks[:k] (not the stage's own task, not the joint baselines). Evaluation
+    reads none: each checkpoint's manifest names the label columns it was trained on."""
+    constrains = set(tasks[:step.stage]) if step.kind == "stage" else set()
+    out = {}
+    for t in tasks:
+        s = cfg.task_settings.get(t)
+        if s is not None:
+            out[t] = s.model_dump() if t in constrains else {**s.model_dump(), "tolerance": None}
+    return out
 
 
 def step_inputs_json(cfg: Config, step: Step) -> str:

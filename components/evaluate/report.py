@@ -25,12 +25,13 @@ def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: st
     """Return (report, {method: StageManifest}, NMT test (labels, probs))."""
     from nmtrec.components.train.checkpoint import read_meta
 
-    tasks = read_meta(nmt).tasks
+    last = read_meta(nmt)
+    tasks = last.tasks
     methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
     if method_order:  # the config's order, then whatever else was evaluated
         methods = {k: methods[k] for k in [*method_order, *methods] if k in methods}
     report = {"tasks": tasks, "methods": methods, "stages": stage_summaries(metas["nmt"]),
-              **oracle_report(dataset_dir, tasks)}
+              **oracle_report(dataset_dir, tasks, last.parsed_config().label_map())}
     if "famo+nmt" in metas:
         report["stages_famo_nmt"] = stage_summaries(metas["famo+nmt"])
     report["constraint_audit_passed"] = not any(a["breach"] for s in report["stages"]

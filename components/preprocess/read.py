@@ -72,14 +72,16 @@ def byte_ranges(layout: Layout, chunk_bytes: int) -> list[tuple[int, int, int]]:
     return ranges
 
 
-def _line_starts(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets within data, 0-based line index within data) of its non-empty lines, the rows pyarrow
-    parses. A line is what ends in '\n' (as `line_number` counts), so blank lines keep their numbers."""
+def _row_lines(data: bytes, rows: int, line_count: int) -> np.ndarray:
+    """0-based line index within data of each of the `rows` rows pyarrow parsed: its non-empty lines.
+    A line is what ends in '\n' (as `line_number` counts), so blank lines keep their numbers."""
+    lines = line_count + (1 if data and not data.endswith(b"\n") else 0)
+    if rows == lines and b"\r" not in data:  # no blank line and no other line end: row k is line k
+        return np.arange(rows, dtype=np.int64)
     raw = np.frombuffer(data, np.uint8)
     starts = np.concatenate([[0], np.flatnonzero(raw == 10) + 1])
     starts = starts[starts < len(raw)]
-    rows = np.flatnonzero((raw[starts] != 10) & (raw[starts] != 13))
-    return starts[rows].astype(np.int64), rows.astype(np.int64)
+    return np.flatnonzero((raw[starts] != 10) & (raw[starts] != 13)).astype(np.int64)
 
 
 def line_number(layout: Layout, offset: int) -> int:
@@ -97,13 +99,15 @@ class Rows(NamedTuple):
     """One parsed byte range: its table and where each row's line is."""
     table: pa.Table
     bad: int  # bad lines skipped (policy `skip`)
-    offsets: np.ndarray  # byte offset in the file of each row's line (for error messages)
-    lines: np.ndarray  # 0-based index of each row's line among the range's lines
+    lines: np.ndarray  # 0-based index of each row's line among the range's lines (an error names
+    #                    line_number(layout, start) + lines[k])
     line_count: int  # line ends ('\n') in the range: the next range's first line is this many further on
 
 
 class RangeReader:
     """Parse byte ranges of one file into tables of `include` columns (ints; `true_*` as floats)."""
+
+    skip_hint = "set data.on_bad_rows: skip"  # how the caller's user drops bad rows (predict: an option)
 
     def __init__(self, layout: Layout, include: list[str], on_bad_rows: str = "error", labels=()):
         self.layout = layout
@@ -129,12 +133,11 @@ class RangeReader:
         line_count = data.count(b"\n")
         try:
             table = self._parse(data)
-            offsets, lines = _line_starts(data)
-            offsets += start
-            if len(offsets) != table.num_rows:
+            lines = _row_lines(data, table.num_rows, line_count)
+            if len(lines) != table.num_rows:
                 raise PreprocessError(f"{self.layout.path}: lines from {line_number(self.layout, start)}: "
-                                      f"{len(offsets)} lines but {table.num_rows} parsed rows")
-            return Rows(table, 0, offsets, lines, line_count)
+                                      f"{len(lines)} lines but {table.num_rows} parsed rows")
+            return Rows(table, 0, lines, line_count)
         except pa.ArrowInvalid as e:
             good, bad = self._scan(data, start)
             if not bad:  # pyarrow saw a problem that the line scan cannot place
@@ -145,10 +148,9 @@ class RangeReader:
                 line = line_number(self.layout, start) + data[:offset - start].count(b"\n")
                 where = f", column {column!r}" if column else ""
                 raise PreprocessError(f"{self.layout.path}: line {line}{where}: {reason} "
-                                      f"(set data.on_bad_rows: skip to drop and count such rows)") from None
+                                      f"({self.skip_hint} to drop and count such rows)") from None
             return Rows(self._parse(b"".join(line for _, _, line in good)), len(bad),
-                        np.array([o for o, _, _ in good], np.int64), np.array([n for _, n, _ in good], np.int64),
-                        line_count)
+                        np.array([n for _, n, _ in good], np.int64), line_count)
 
     def _scan(self, data: bytes, start: int):
         """Split a range into good lines (offset, line index in the range, line) and (offset, column,

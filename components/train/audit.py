@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from nmtrec.components.common.metrics import auc
-from nmtrec.components.train.data import Columns, eval_batches
+from nmtrec.components.train.data import ParquetSplit, eval_batches
+from nmtrec.components.train.distributed import current_device
 
 log = logging.getLogger("nmtrec.audit")
 
@@ -24,13 +25,14 @@ class ConstraintBreach(RuntimeError):
 
 
 @torch.no_grad()
-def split_scores(model, cols: Columns, batch_size: int) -> np.ndarray:
-    """Logits of every row of a split in row order (all ranks together); [rows, outputs]."""
+def split_scores(model, split: ParquetSplit, batch_size: int) -> np.ndarray:
+    """Logits of every row of a split in row order (all ranks together, each streaming its contiguous
+    share); [rows, outputs]."""
     model.eval()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world, device = dist.get_rank(), dist.get_world_size(), current_device()
     mine = []
-    for kjt, _, mask in eval_batches(cols, batch_size, rank, world):
-        mine.append(model(kjt)[mask > 0].double().cpu().numpy())
+    for kjt, _, mask in eval_batches(split, batch_size, rank, world):
+        mine.append(model(kjt.to(device))[mask.to(device) > 0].double().cpu().numpy())
     model.train()
     mine = np.concatenate(mine) if mine else np.zeros((0, 1))
     parts = [None] * world

@@ -47,6 +47,13 @@ def init_process_group() -> torch.device:
     return torch.device("cpu")
 
 
+def current_device() -> torch.device:
+    """This rank's device, as init_process_group chose it: batches are moved there."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def set_threads(threads: int) -> int:
     """Intra-op threads of this process: `threads`, or the cores shared evenly among local ranks."""
     if threads <= 0:

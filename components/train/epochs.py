@@ -5,8 +5,10 @@ task's validation loss) are kept in a checkpoint and restored at the end.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -14,7 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nmtrec.components.train import checkpoint
-from nmtrec.components.train.data import Columns, batches, eval_batches, local_batch_size, num_batches
+from nmtrec.components.train.data import SHUFFLE_ROWS, ParquetSplit, batches, eval_batches, local_batch_size, num_batches
+from nmtrec.components.train.distributed import current_device
+from nmtrec.components.train.pipelined import PipelinedSteps, PlainSteps, use_sparse_dist_pipeline
 
 log = logging.getLogger("nmtrec.train")
 
@@ -29,13 +33,15 @@ def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Tensor:
-    """Mean loss per task over a whole split (all ranks together), float64: exact per-row for BCE
-    (`task_losses`, the default); for a batch-level loss (pairwise) the row-weighted mean of its batch values."""
+def mean_losses(model, split: ParquetSplit, batch_size: int, loss_fn=None) -> torch.Tensor:
+    """Mean loss per task over a whole split (all ranks together, streamed), float64: exact per-row for
+    BCE (`task_losses`, the default); for a batch-level loss (pairwise) the row-weighted mean of its
+    batch values."""
     model.eval()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    total = torch.zeros(cols.labels.shape[1] + 1, dtype=torch.float64)
-    for kjt, labels, mask in eval_batches(cols, batch_size, rank, world):
+    rank, world, device = dist.get_rank(), dist.get_world_size(), current_device()
+    total = torch.zeros(len(split.label_columns) + 1, dtype=torch.float64, device=device)
+    for kjt, labels, mask in eval_batches(split, batch_size, rank, world):
+        kjt, labels, mask = kjt.to(device), labels.to(device), mask.to(device)
         logits = model(kjt).expand_as(labels)
         if loss_fn in (None, task_losses):
             per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -46,17 +52,24 @@ def mean_losses(model, cols: Columns, batch_size: int, loss_fn=None) -> torch.Te
         total[-1] += mask.sum().double()
     dist.all_reduce(total)
     model.train()
-    return total[:-1] / total[-1]
+    return (total[:-1] / total[-1]).cpu()
+
+
+def objective_loss(model, objective, kjt, labels, where: str, loss_fn=task_losses, warmup=None):
+    """(the loss a step minimises, the task losses) of one batch. During a warm-up (components/train/
+    warmup.py) only the stage task's own loss counts."""
+    losses = loss_fn(model(kjt), labels)
+    loss = warmup.loss(losses) if warmup is not None else objective.loss(losses)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
+    return loss, losses
 
 
 def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses,
                warmup=None) -> torch.Tensor:
     """One optimiser step (the embeddings update inside backward, fused); returns the task losses.
-    During a warm-up (components/train/warmup.py) only the stage task's own parameters move."""
-    losses = loss_fn(model(kjt), labels)
-    loss = warmup.loss(losses) if warmup is not None else objective.loss(losses)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
+    During a warm-up only the stage task's own parameters move."""
+    loss, losses = objective_loss(model, objective, kjt, labels, where, loss_fn, warmup)
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
     if warmup is not None:
@@ -80,47 +93,56 @@ class HeldOutStream:
     data (NMT's multipliers). Step s reads batch s of an endless stream of reshuffled passes, so a
     resumed stage sees the same batches; a validation split smaller than a batch is one batch."""
 
-    def __init__(self, cols: Columns, batch_size: int, seed: int, loss_fn):
+    def __init__(self, split: ParquetSplit, batch_size: int, seed: int, loss_fn, shuffle_rows: int = SHUFFLE_ROWS):
         world = dist.get_world_size()
-        self.batch_size = min(batch_size, cols.rows // world * world)
+        self.batch_size = min(batch_size, split.rows // world * world)
         if self.batch_size == 0:
-            raise ValueError(f"validation split has {cols.rows} rows: fewer than the {world} processes")
-        self.cols, self.seed, self.loss_fn = cols, seed, loss_fn
-        self.per_pass = num_batches(cols, self.batch_size)
+            raise ValueError(f"validation split has {split.rows} rows: fewer than the {world} processes")
+        self.split, self.seed, self.loss_fn, self.shuffle_rows = split, seed, loss_fn, shuffle_rows
+        self.per_pass = num_batches(split, self.batch_size)
         self._stream, self._next = None, None  # the open pass and the step it yields next
 
     @torch.no_grad()
     def losses(self, model, step: int) -> torch.Tensor:
         passes, pos = divmod(step, self.per_pass)
         if self._next != step or pos == 0:  # a new pass or a jump (resume): shuffle once per pass, not per step
-            self._stream = batches(self.cols, self.batch_size, dist.get_rank(), dist.get_world_size(),
-                                   shuffle_seed=self.seed * 1000 + passes, start=pos)
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = batches(self.split, self.batch_size, dist.get_rank(), dist.get_world_size(),
+                                   shuffle_seed=self.seed * 1000 + passes, start=pos, window_rows=self.shuffle_rows)
         kjt, labels = next(self._stream)
         self._next = step + 1
+        device = current_device()
         model.eval()
-        out = self.loss_fn(model(kjt), labels)
+        out = self.loss_fn(model(kjt.to(device)), labels.to(device))
         model.train()
         return global_losses(out)
 
 
-def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, stage_task: int, batch_size: int,
-               max_epochs: int, patience: int, seed: int, best_dir, meta, label: str = "",
+def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetSplit, *, stage_task: int,
+               batch_size: int, max_epochs: int, patience: int, seed: int, best_dir, meta, label: str = "",
                resumer=None, loss_fn=task_losses, paired=None, checks_per_epoch: int = 1,
-               warmup=None) -> dict:
+               warmup=None, shuffle_rows: int = SHUFFLE_ROWS) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
     continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
     losses (components/train/losses.py). `meta`: the stage's StageManifest, saved with the best epoch.
     `paired` (components/train/paired.PairedCheck): for objectives with paired checks, measured
     `checks_per_epoch` times an epoch (the last right before the epoch's validation score).
-    `warmup` (components/train/warmup.Warmup): its epochs train only the stage task's own parameters."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    `warmup` (components/train/warmup.Warmup): its epochs train only the stage task's own parameters.
+    `shuffle_rows`: the training stream's shuffle window (components/train/data.py).
+    On CUDA the steps run through TorchRec's TrainPipelineSparseDist when the objective allows it
+    (components/train/pipelined.py)."""
+    rank, world, device = dist.get_rank(), dist.get_world_size(), current_device()
     steps_per_epoch = num_batches(train, batch_size, world)
     if steps_per_epoch == 0:
         raise ValueError(f"training split has {train.rows} rows: fewer than train.batch_size ({batch_size}); "
                          f"lower train.batch_size")
     local_batch_size(batch_size, world)
     history = {"step": [], "loss": [], "lambda": [], "valid": []}
-    held_out = HeldOutStream(valid, batch_size, seed, loss_fn) if objective.needs_held_out_losses else None
+    held_out = (HeldOutStream(valid, batch_size, seed, loss_fn, shuffle_rows)
+                if objective.needs_held_out_losses else None)
+    pipelined = use_sparse_dist_pipeline(device, objective, held_out)
+    steps = (PipelinedSteps if pipelined else PlainSteps)(model, dense_opt, device)
     best, bad, step, first_epoch, skip = math.inf, 0, 0, 0, 0
     if resumer is not None and (progress := resumer.load(model, dense_opt, objective)) is not None:
         history, best, bad, step = progress["history"], progress["best"], progress["bad"], progress["step"]
@@ -140,43 +162,67 @@ def fit_epochs(model, dense_opt, objective, train: Columns, valid: Columns, *, s
         warming = warmup is not None and warmup.covers(epoch)
         if warmup is not None:
             warmup.freeze_shared(warming)
-        start = skip if epoch == first_epoch else 0
-        bar = tqdm(batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch, start=start),
-                   total=steps_per_epoch, initial=start, desc=f"{label} epoch {epoch + 1}", disable=rank != 0,
+        pos = skip if epoch == first_epoch else 0  # batches of this epoch done
+        began, timed_steps = time.perf_counter(), steps_per_epoch - pos
+        stream = batches(train, batch_size, rank, world, shuffle_seed=seed * 1000 + epoch, start=pos,
+                         window_rows=shuffle_rows)
+        bar = tqdm(total=steps_per_epoch, initial=pos, desc=f"{label} epoch {epoch + 1}", disable=rank != 0,
                    leave=False)
-        for pos, (kjt, labels) in enumerate(bar, start=start + 1):
-            losses = train_step(model, dense_opt, objective, kjt, labels,
-                                f"{label}: at epoch {epoch + 1}, step {step + 1}", loss_fn,
-                                warmup if warming else None)
-            shared = global_losses(losses)
-            post = None
-            if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
-                with torch.no_grad():
-                    post = global_losses(loss_fn(model(kjt), labels))
-            checked = held_out.losses(model, step) if held_out else None
-            if not warming:  # the higher tasks cannot move during a warm-up: nothing to follow
-                objective.after_step(shared, post, checked)
-            step += 1
+        while pos < steps_per_epoch:
+            # the steps up to the next event (a paired check, a resume checkpoint, the epoch's end) run as
+            # one run: the pipeline keeps batches in flight only within a run
+            until = steps_per_epoch
+            if checking and not warming:
+                until = min(until, (pos // check_every + 1) * check_every)
+            if resumer is not None and resumer.every > 0:
+                until = min(until, pos + resumer.every - step % resumer.every)
+            first_step = step
+
+            def loss_of(kjt, labels, k):
+                return objective_loss(model, objective, kjt, labels,
+                                      f"{label}: at epoch {epoch + 1}, step {first_step + k + 1}", loss_fn,
+                                      warmup if warming else None)
+
+            for losses, kjt, labels in steps.run(itertools.islice(stream, until - pos), loss_of,
+                                                 warmup if warming else None):
+                shared = global_losses(losses)
+                post = None
+                if objective.needs_post_step_losses:  # e.g. FAMO: the loss decrease this step achieved
+                    with torch.no_grad():
+                        post = global_losses(loss_fn(model(kjt), labels))
+                checked = held_out.losses(model, step) if held_out else None
+                if not warming:  # the higher tasks cannot move during a warm-up: nothing to follow
+                    objective.after_step(shared, post, checked)
+                step += 1
+                pos += 1
+                bar.update(1)
+                history["step"].append(step)
+                history["loss"].append([float(x) for x in shared])
+                history["lambda"].append(objective.state().get("lambda", {}))
+                if checked is not None:
+                    history.setdefault("held_out", []).append([float(x) for x in checked])
             if checking and not warming and pos % check_every == 0 and pos + check_every <= steps_per_epoch:
                 check(step)
-            history["step"].append(step)
-            history["loss"].append([float(x) for x in shared])
-            history["lambda"].append(objective.state().get("lambda", {}))
-            if checked is not None:
-                history.setdefault("held_out", []).append([float(x) for x in checked])
+                history["lambda"][-1] = objective.state().get("lambda", {})  # the step's λ after its check
             if resumer is not None and resumer.due(step):
                 resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
                                                             "bad": bad, "history": history})
+        stream.close()
+        bar.close()
+        seconds = time.perf_counter() - began
         if warmup is not None:
             warmup.freeze_shared(False)
         if checking:  # the epoch's last check: the early-stopping score reads it (a warm-up moves no λ)
             check(step, multipliers=not warming)
         val = mean_losses(model, valid, batch_size, loss_fn)
-        history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val]})
+        # seconds: this process's time for the epoch's steps and the checks and resume checkpoints between
+        # them (since the resume, for a resumed epoch)
+        history["valid"].append({"epoch": epoch + 1, "step": step, "loss": [float(x) for x in val],
+                                 "seconds": round(seconds, 3), "steps_timed": timed_steps})
         score = objective.valid_score(val)  # the stage task's loss, made lexicographic by constraints
         if rank == 0:
-            log.info("%s epoch %d: valid loss %s (score %.5f)", label, epoch + 1,
-                     [round(float(x), 5) for x in val], score)
+            log.info("%s epoch %d: valid loss %s (score %.5f; %d steps in %.1f s)", label, epoch + 1,
+                     [round(float(x), 5) for x in val], score, timed_steps, seconds)
         if score < best - 1e-6:
             best, bad = score, 0
             checkpoint.save(best_dir, model, meta.updated(epoch=epoch + 1, step=step), unsharded=False)

@@ -27,7 +27,7 @@ def run_joint(cfg: Config, method: str, dataset_dir: str, out_dir: str) -> Stage
         history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=0,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed, best_dir=Path(_shared_tmp(tmp)) / "best",
-                              meta=meta, label=method, loss_fn=loss_fn)
+                              meta=meta, label=method, loss_fn=loss_fn, shuffle_rows=cfg.train.shuffle_rows)
     valid_loss = mean_losses(dmp, valid, cfg.train.batch_size, loss_fn)
     meta = meta.updated(valid_loss=dict(zip(cfg.tasks, (float(x) for x in valid_loss))), epochs=history["epochs"],
                         final_state=objective.state(), history=JOINT_HISTORY)

@@ -10,6 +10,6 @@ def train_joint(config_json: str, method: str, dataset: Input[Dataset], checkpoi
 
     setup_logging()
     cfg = runtime_config(config_json)
-    FeatureSpec.read(dataset.path).check_labels(cfg.tasks, where=method)
+    FeatureSpec.read(dataset.path).check_labels(cfg.tasks, where=method, label_of=cfg.label_map())
     meta = run_joint(cfg, method, dataset.path, checkpoint.path)
     checkpoint.metadata.update({"method": method, "tasks": meta.tasks, "epochs": meta.epochs})

@@ -31,7 +31,8 @@ def train_stage_main(cfg: Config, stage: int, dataset_dir: str, out_dir: str, pr
     """`cfg`: the step's inputs with its run settings (step_inputs.runtime_config)."""
     # a one-class label cannot be trained or scored: refuse before any training (names task, split, counts)
     if 0 <= stage < len(cfg.tasks):
-        FeatureSpec.read(dataset_dir).check_labels([cfg.tasks[stage]], where=f"stage {stage + 1}")
+        FeatureSpec.read(dataset_dir).check_labels([cfg.tasks[stage]], where=f"stage {stage + 1}",
+                                                   label_of=cfg.label_map())
     if cfg.train.checkpoint_every and not cfg.train.resume_root:
         # fallback resume root beside the stage's output, which a retried KFP step writes again. `nmtrec run`
         # sets a root under its output folder instead (pipelines/local.py): kfp.local names each run's

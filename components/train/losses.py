@@ -1,5 +1,6 @@
 """Per-task batch losses: [B, T or 1] logits and [B, T] labels -> [T] losses.
 
+Each task has its loss (`train.loss`, or the task's own `loss` setting; `per_task` combines them).
 `bce`: mean binary cross-entropy per task (one logit per task).
 `pairwise`: the paper's online (Taobao) setting, one shared output score trained per task with
 -log sigmoid(z_pos - z_neg), averaged over every (positive, negative) pair of the task in the batch;
@@ -37,3 +38,21 @@ def get_loss(name: str):
         return LOSSES[name]
     except KeyError:
         raise ValueError(f"train.loss: unknown loss {name!r} (expected one of {sorted(LOSSES)})") from None
+
+
+def per_task(names: list[str]):
+    """The batch loss of tasks whose losses are `names` (one per label column, in task order)."""
+    if len(set(names)) == 1:
+        return get_loss(names[0])
+    groups = {name: [i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)}
+    fns = {name: get_loss(name) for name in groups}
+
+    def mixed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.expand_as(labels)
+        out: list = [None] * labels.shape[1]
+        for name, cols in groups.items():
+            for c, value in zip(cols, fns[name](logits[:, cols], labels[:, cols])):
+                out[c] = value
+        return torch.stack(out)
+
+    return mixed

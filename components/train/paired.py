@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nmtrec.components.train.audit import split_scores
-from nmtrec.components.train.data import Columns
+from nmtrec.components.train.data import ParquetSplit
 
 ROWS_DIR = "frozen_rows"
 CHUNK = 4096
@@ -31,16 +31,19 @@ def rows_file(split: str) -> str:
     return f"{ROWS_DIR}/{split}.npz"
 
 
-def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str) -> np.ndarray:
-    """[rows, tasks] float64 per-row losses (NaN where a row has no pair, `pairwise` only)."""
+def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str | list[str]) -> np.ndarray:
+    """[rows, tasks] float64 per-row losses (NaN where a row has no pair, `pairwise` only). `loss`: one
+    for every task, or each task's own."""
     z = np.broadcast_to(logits, labels.shape).astype(np.float64)
     y = labels.astype(np.float64)
-    if loss == "bce":
-        return np.logaddexp(0.0, z) - y * z
+    losses = [loss] * z.shape[1] if isinstance(loss, str) else list(loss)
     out = np.full(z.shape, np.nan)
+    bce = [t for t, name in enumerate(losses) if name == "bce"]
+    out[:, bce] = np.logaddexp(0.0, z[:, bce]) - y[:, bce] * z[:, bce]
+    pairwise = [t for t, name in enumerate(losses) if name != "bce"]
     for start in range(0, len(z), CHUNK):
         zc, yc = z[start:start + CHUNK], y[start:start + CHUNK]
-        for t in range(z.shape[1]):
+        for t in pairwise:
             pos, neg = yc[:, t] > 0.5, yc[:, t] <= 0.5
             if not pos.any() or not neg.any():
                 continue
@@ -51,35 +54,38 @@ def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str) -> np.ndarray:
     return out
 
 
-def split_row_losses(model, cols: Columns, batch_size: int, loss: str) -> np.ndarray:
+def split_row_losses(model, cols: ParquetSplit, batch_size: int, loss: str | list[str]) -> np.ndarray:
     """Per-row losses of every task on a split, in row order (collective: every rank calls it)."""
     return row_losses(split_scores(model, cols, batch_size), cols.labels, loss)
 
 
 @dataclass(frozen=True)
 class Paired:
-    """mean(d), its standard error and the number of rows of one task's paired comparison."""
+    """mean(d), its standard error and the number of rows of one task's paired comparison; `allowance`:
+    the task's r_j, a mean loss increase it may spend (tasks.i.tolerance or nmt.tolerance; 0 by default)."""
     mean: float
     se: float
     rows: int
+    allowance: float = 0.0
 
     def degraded(self, z: float) -> bool:
-        return self.mean > z * self.se
+        return self.mean - self.allowance > z * self.se
 
     def t(self) -> float:
-        """mean / SE (0 when the two models agree on every row)."""
+        """(mean - allowance) / SE (0 when the two models agree on every row)."""
+        excess = self.mean - self.allowance
         if self.se > 0:
-            return self.mean / self.se
-        return 0.0 if self.mean <= 0 else float("inf")
+            return excess / self.se
+        return 0.0 if excess <= 0 else float("inf")
 
 
-def compare(current: np.ndarray, reference: np.ndarray) -> Paired:
+def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0) -> Paired:
     # both sides at the stored precision (float32): an unchanged model differs by exactly 0
     d = current.astype(np.float32).astype(np.float64) - reference
     d = d[np.isfinite(d)]
     if len(d) < 2:
-        return Paired(0.0, 0.0, len(d))
-    return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d))
+        return Paired(0.0, 0.0, len(d), allowance)
+    return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d), allowance)
 
 
 def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
@@ -100,28 +106,32 @@ def load_rows(artifact_dir, split: str) -> dict[str, np.ndarray]:
 class PairedCheck:
     """The loop's measurement of the constrained tasks: one pass over the validation split."""
 
-    def __init__(self, valid: Columns, reference: dict[int, np.ndarray], batch_size: int, loss: str):
+    def __init__(self, valid: ParquetSplit, reference: dict[int, np.ndarray], batch_size: int, loss: str | list[str],
+                 allowance: dict[int, float] | None = None):
         self.valid, self.reference, self.batch_size, self.loss = valid, reference, batch_size, loss
+        self.allowance = allowance or {}
 
     def measure(self, model) -> dict[int, Paired]:
         was_training = model.training
         rows = split_row_losses(model, self.valid, self.batch_size, self.loss)
         model.train(was_training)
-        return {j: compare(rows[:, j], ref) for j, ref in self.reference.items()}
+        return {j: compare(rows[:, j], ref, self.allowance.get(j, 0.0)) for j, ref in self.reference.items()}
 
 
 def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.ndarray], auc_now: list[float],
-                 frozen_auc: dict[str, float], z: float, lambdas: dict[str, float]) -> list[dict]:
+                 frozen_auc: dict[str, float], z: float, lambdas: dict[str, float],
+                 allowance: dict[str, float] | None = None) -> list[dict]:
     """Every higher task's per-row losses now against its frozen model's on the same rows (components/
     train/paired.py): the mean difference, its standard error, t = mean / SE, and a breach when the task
-    is significantly worse (mean > z * SE); AUC now vs the frozen model's on the same split."""
+    is significantly worse than its allowance r_j (mean - r_j > z * SE); AUC now vs the frozen model's on
+    the same split."""
     out = []
     for j, t in enumerate(higher):
         if t not in frozen_rows:
             continue
-        c = compare(rows[:, j], frozen_rows[t])
+        c = compare(rows[:, j], frozen_rows[t], (allowance or {}).get(t, 0.0))
         out.append({"task": t, "mean_loss_change": c.mean, "se": c.se, "t": c.t(), "rows": c.rows,
-                    "tolerance": z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
+                    "tolerance": c.allowance + z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,
                     "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z))})
     return out

@@ -30,7 +30,7 @@ from nmtrec.components.train import audit, checkpoint, paired
 from nmtrec.components.train.data import load_split, num_batches
 from nmtrec.components.train.distributed import init_process_group, log_plan, set_threads, shard
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
-from nmtrec.components.train.losses import get_loss
+from nmtrec.components.train.losses import per_task
 from nmtrec.components.train.objectives.registry import stage_objective
 from nmtrec.components.train.resume import Resumer, stage_key
 from nmtrec.components.train.warmup import Warmup
@@ -61,6 +61,13 @@ def check_previous(meta: StageManifest, cfg: Config, stage: int, where) -> None:
         raise checkpoint.CheckpointError(
             f"{where}: checkpoint was trained for tasks {meta.tasks} but stage {stage + 1} "
             f"needs the higher-priority tasks {want} in this order (priorities changed? retrain from stage 1)")
+    theirs = meta.parsed_config() if meta.config else None
+    changed = [t for t in want if theirs is not None and task_setting(theirs, t) != task_setting(cfg, t)]
+    if changed:
+        t = changed[0]
+        raise checkpoint.CheckpointError(
+            f"{where}: checkpoint trained task {t!r} with {task_setting(theirs, t)}, this config has "
+            f"{task_setting(cfg, t)} (a higher task's label or loss changed: retrain from stage 1)")
     if meta.model_hash != cfg.model_hash():
         mine = json.loads(cfg.to_json())
         theirs = meta.config or {}
@@ -72,9 +79,19 @@ def check_previous(meta: StageManifest, cfg: Config, stage: int, where) -> None:
             f"model or features changed: retrain from stage 1)")
 
 
+def task_setting(cfg: Config, task: str) -> dict:
+    """What a task was trained on: its label column and loss."""
+    return {"label": cfg.label_of(task), "loss": cfg.loss_of(task)}
+
+
+def task_loss_names(cfg: Config) -> list[str]:
+    return [cfg.loss_of(t) for t in cfg.tasks]
+
+
 def loss_function(cfg: Config):
-    """The per-task batch loss of `train.loss` (BCE: `task_losses`)."""
-    return task_losses if cfg.train.loss == "bce" else get_loss(cfg.train.loss)
+    """The per-task batch loss: each task's own (`loss`) or `train.loss` (all BCE: `task_losses`)."""
+    names = task_loss_names(cfg)
+    return task_losses if set(names) == {"bce"} else per_task(names)
 
 
 def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
@@ -84,15 +101,17 @@ def prepare(cfg: Config, dataset_dir: str, seed: int, label: str):
     device = init_process_group()
     set_threads(cfg.train.threads)
     torch.manual_seed(seed)  # the dense init: identical on every rank and for any plan
-    train = load_split(dataset_dir, spec, "train", cfg.tasks)
-    valid = load_split(dataset_dir, spec, "valid", cfg.tasks)
+    labels = cfg.labels_of(cfg.tasks)  # each task's label column
+    train = load_split(dataset_dir, spec, "train", labels)
+    valid = load_split(dataset_dir, spec, "valid", labels)
     model = build_model(cfg.model, spec, len(cfg.tasks))
     dmp, dense_opt, plan = shard(model, device, cfg.train, seed=cfg.seed)
     return spec, train, valid, dmp, dense_opt, log_plan(plan, label)
 
 
 def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
-    return {t: cfg.nmt.tolerance + cfg.nmt.relative_tolerance * abs(v) for t, v in optima.items()}
+    """r_j of each constraining task: its own tolerance (else nmt.tolerance) + relative_tolerance * |f_j*|."""
+    return {t: cfg.tolerance_of(t) + cfg.nmt.relative_tolerance * abs(v) for t, v in optima.items()}
 
 
 def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
@@ -135,7 +154,8 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                     f"{previous_dir}: has no per-row validation losses of {missing} (written by an older nmtrec?): "
                     f"retrain from stage 1, or set nmt.constraint_data: valid")
             checker = paired.PairedCheck(valid, {j: frozen_rows["valid"][t] for j, t in enumerate(higher)},
-                                         cfg.train.batch_size, cfg.train.loss)
+                                         cfg.train.batch_size, task_loss_names(cfg),
+                                         {j: cfg.tolerance_of(t) for j, t in enumerate(higher)})
         warmup = Warmup(dmp, stage, cfg.nmt.warmup_epochs)
     loss_fn = loss_function(cfg)
     inputs_json = step_inputs_json(cfg, Step("stage", stage))  # what the stage depends on: its identity
@@ -153,18 +173,19 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
                               best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn,
-                              paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup)
+                              paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup,
+                              shuffle_rows=cfg.train.shuffle_rows)
     bs = cfg.train.batch_size
     files: dict[str, str | bytes] = {}
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]
     valid_loss = [float(x) for x in mean_losses(dmp, valid, bs, loss_fn)]
-    test = load_split(dataset_dir, spec, "test", cfg.tasks)
+    test = load_split(dataset_dir, spec, "test", cfg.labels_of(cfg.tasks))
     scores = {"valid": audit.split_scores(dmp, valid, bs), "test": audit.split_scores(dmp, test, bs)}
     labels = {"valid": valid.labels, "test": test.labels}
     valid_auc, test_auc = (audit.aucs(scores[s], labels[s]) for s in ("valid", "test"))
     # per-row losses of every task: this stage's task becomes a reference for the later stages, the
     # higher ones are compared with theirs (on test: reported only, no decision reads the test split)
-    rows = {s: paired.row_losses(scores[s], labels[s], cfg.train.loss) for s in scores}
+    rows = {s: paired.row_losses(scores[s], labels[s], task_loss_names(cfg)) for s in scores}
     for split in rows:
         files[paired.rows_file(split)] = paired.dump_rows({**frozen_rows.get(split, {}), task: rows[split][:, stage]})
     frozen_optima = {**(prev.frozen_optima if prev else {}), task: train_loss[stage]}
@@ -172,14 +193,15 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     frozen_valid_auc = {**(prev.frozen_valid_auc if prev else {}), task: valid_auc[stage]}
     frozen_test_auc = {**((prev.frozen_test_auc or {}) if prev else {}), task: test_auc[stage]}
     lambdas = {cfg.tasks[j]: v for j, v in objective.state().get("lambda", {}).items()}
+    allowance = {t: cfg.tolerance_of(t) for t in higher}  # r_j's absolute part: the paired audits' allowance
     if cfg.nmt.constraint_data == "paired":
         checks = paired.paired_audit(higher, rows["valid"], frozen_rows.get("valid", {}), valid_auc,
-                                    frozen_valid_auc, cfg.nmt.z, lambdas)
+                                    frozen_valid_auc, cfg.nmt.z, lambdas, allowance)
     else:
         checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
                                         frozen_valid_auc, lambdas, vtol)
     test_audit = paired.paired_audit(higher, rows["test"], frozen_rows.get("test", {}), test_auc, frozen_test_auc,
-                                    cfg.nmt.z, lambdas)
+                                    cfg.nmt.z, lambdas, allowance)
     summary = StageSummary(
         task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
         tolerance=tol, constraint_audit=checks,
