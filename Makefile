@@ -43,7 +43,8 @@ readme-figures:
 	@test -f runs/demo/report.json || { echo "readme-figures: runs/demo/report.json is missing: run 'make demo' first" >&2; exit 1; }
 	$(MAKE) install
 	$(BIN)/python -m benchmarks.readme_table --report runs/demo/report.json --readme README.md --config configs/demo.yaml \
-	  $(if $(wildcard runs/bench-priority/priority.md),--block bench-priority runs/bench-priority/priority.md)
+	  $(if $(wildcard runs/bench-priority/priority.md),--block bench-priority runs/bench-priority/priority.md) \
+	  $(if $(wildcard runs/bench-scale/scale.md),--block bench-scale runs/bench-scale/scale.md)
 
 bench: install
 	$(BIN)/nmtrec bench --help
