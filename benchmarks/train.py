@@ -2,14 +2,19 @@
 
 `nmtrec bench train`: in one run, on the same synthetic batches (features, vocab sizes, experts and
 batch), (a) our trainer's step (DMP-sharded EmbeddingBagCollection, fused embedding optimizer, fused
-dense Adam, batched experts), (b) torch-rechub's MMOE with Adam (the peer), and (c) fp32 GEMMs of the
-shapes the dense layers need forward and backward, which bounds any trainer on this CPU. The last
-line is JSON: ours_samples_per_s, peer_samples_per_s, ratio_vs_peer, gemm_ceiling_fraction.
+dense Adam, batched experts) on batches built beforehand, (b) the same model and step fed by the
+streaming reader that training uses (components/train/data.py: a Parquet split read window by window
+and batched in its prefetch thread), (c) torch-rechub's MMOE with Adam (the peer), and (d) fp32 GEMMs
+of the shapes the dense layers need forward and backward, which bounds any trainer on this CPU. The
+last line is JSON: ours_samples_per_s, peer_samples_per_s, ratio_vs_peer, gemm_ceiling_fraction,
+streaming_samples_per_s, streaming_ratio_vs_peer, streaming_gemm_ceiling_fraction.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +24,10 @@ from tqdm import tqdm
 
 FEATURES = ["user_id", "item_id", "video_category", "gender", "age"]
 HIST_LEN = 10
+# the streaming split's row groups, preprocessing's (beam_pipeline.ROW_GROUP_ROWS), one shuffle window
+# each: window reads and shuffles fall inside the timed steps (training's default window is 8 row
+# groups: the same work per batch in fewer, larger reads)
+STREAM_ROWS_PER_GROUP = 1 << 15
 
 
 def add_arguments(p) -> None:
@@ -102,6 +111,53 @@ def setup_ours(spec, data):
     return (lambda x: train_step(dmp, dense_opt, objective, *x)), inputs
 
 
+def write_split(spec, data, root: Path):
+    """`data`'s rows as the train split of a preprocessed dataset in `root` (preprocessing's column types:
+    int64 ids, list<int64> bags without the padding, float32 labels); returns it opened for streaming."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nmtrec.components.common.feature_spec import FeatureSpec
+    from nmtrec.components.train.data import load_split
+
+    single = np.concatenate([s for s, _, _ in data])
+    hist = np.concatenate([h for _, h, _ in data])
+    labels = np.concatenate([y for _, _, y in data])
+    kept = hist > 0
+    offsets = np.concatenate([[0], np.cumsum(kept.sum(1))]).astype(np.int32)
+    table = pa.table({**{f: single[:, i] for i, f in enumerate(FEATURES)},
+                      "hist": pa.ListArray.from_arrays(pa.array(offsets), pa.array(hist[kept])),
+                      **{t: labels[:, j] for j, t in enumerate(spec.labels)}})
+    (root / "train").mkdir(parents=True)
+    pq.write_table(table, root / "train" / "part-00000.parquet", row_group_size=STREAM_ROWS_PER_GROUP)
+    FeatureSpec.from_dict({**spec.to_dict(), "splits": {"train": {"files": ["train/part-00000.parquet"],
+                                                                 "rows": len(labels)}}}).write(root)
+    return load_split(root, FeatureSpec.read(root), "train", spec.labels)
+
+
+def setup_streaming(step, split, batch: int):
+    """Our step fed by training's reader (shuffled windows, batches built in the prefetch thread): returns
+    (step function, inputs, drain). `drain` empties the prefetch queue, so a timed round starts with
+    the reader working, not with batches it built while the other trainers ran."""
+    from nmtrec.components.train.data import PREFETCH_BATCHES, batches
+
+    stream = batches(split, batch, shuffle_seed=0, window_rows=STREAM_ROWS_PER_GROUP)
+
+    def drain():
+        for _ in range(PREFETCH_BATCHES):
+            next(stream)
+
+    return (lambda _: step(next(stream))), stream, drain
+
+
+def stream_batches_needed(args) -> int:
+    """Batches the streaming trainer takes: warm-up, each round's drain and steps, and the prefetch
+    queue's worth beyond the last, so the reader keeps working until the last timed step."""
+    from nmtrec.components.train.data import PREFETCH_BATCHES
+
+    return args.warmup + args.rounds * (PREFETCH_BATCHES + args.steps) + PREFETCH_BATCHES + 2
+
+
 def setup_peer(spec, data):
     """torch-rechub's MMOE trained with Adam, its documented way: returns (step function, inputs)."""
     from torch_rechub.basic.features import SequenceFeature, SparseFeature
@@ -166,28 +222,44 @@ def run(args) -> int:
     spec = feature_spec(args.users, args.items)
     b = args.batch_size
     data = synthetic_batches(spec, b, args.warmup + args.steps)
-    trainers = {"ours (TorchRec DMP, fused optimizers, batched experts)": setup_ours(spec, data)}
-    if not args.skip_peer:
-        trainers["torch-rechub 0.9.0 MMOE + Adam"] = setup_peer(spec, data)
-    trainers["fp32 GEMM ceiling (dense layers fwd+bwd)"] = setup_gemm(b, args.warmup + args.steps)
-    for step, inputs in trainers.values():
-        timed(step, inputs[:args.warmup])
-    per_step = {name: [] for name in trainers}
-    for _ in tqdm(range(args.rounds), desc="rounds"):
-        for name, (step, inputs) in trainers.items():
-            per_step[name].append(timed(step, inputs[args.warmup:]))
+    with tempfile.TemporaryDirectory(prefix="nmtrec-bench-train-") as tmp:
+        split = write_split(spec, synthetic_batches(spec, b, stream_batches_needed(args), seed=1), Path(tmp))
+        ours = setup_ours(spec, data)
+        streaming_step, stream, drain = setup_streaming(ours[0], split, b)
+        names = {"ours": "ours, batches in memory (TorchRec DMP, fused optimizers)",
+                 "streaming": "ours, streaming input (Parquet reader, prefetch thread)",
+                 "peer": "torch-rechub 0.9.0 MMOE + Adam", "gemm": "fp32 GEMM ceiling (dense layers fwd+bwd)"}
+        trainers = {"ours": ours, "streaming": (streaming_step, list(range(args.warmup + args.steps)))}
+        if not args.skip_peer:
+            trainers["peer"] = setup_peer(spec, data)
+        trainers["gemm"] = setup_gemm(b, args.warmup + args.steps)
+        try:
+            for step, inputs in trainers.values():
+                timed(step, inputs[:args.warmup])
+            per_step = {name: [] for name in trainers}
+            for _ in tqdm(range(args.rounds), desc="rounds"):
+                for name, (step, inputs) in trainers.items():
+                    if name == "streaming":
+                        drain()
+                    per_step[name].append(timed(step, inputs[args.warmup:]))
+        finally:
+            stream.close()
     rate = {name: b / float(np.median(t)) for name, t in per_step.items()}
     table = Table(title=f"train throughput: paper-sized MMoE, batch {b}, {threads} threads, "
                         f"median of {args.rounds} interleaved rounds")
     table.add_column("trainer")
     table.add_column("samples/s", justify="right")
     for name, v in rate.items():
-        table.add_row(name, f"{v:,.0f}")
+        table.add_row(names[name], f"{v:,.0f}")
     Console().print(table)
-    ours, *rest = rate.values()
-    peer = rest[0] if not args.skip_peer else None
-    ceiling = rest[-1]
-    print(json.dumps({"ours_samples_per_s": round(ours, 1), "peer_samples_per_s": peer and round(peer, 1),
-                      "ratio_vs_peer": peer and round(ours / peer, 3),
-                      "gemm_ceiling_fraction": round(ours / ceiling, 3), "batch_size": b, "threads": threads}))
+    peer, ceiling = rate.get("peer"), rate["gemm"]
+
+    def vs_peer(x):
+        return peer and round(x / peer, 3)
+    print(json.dumps({"ours_samples_per_s": round(rate["ours"], 1), "peer_samples_per_s": peer and round(peer, 1),
+                      "ratio_vs_peer": vs_peer(rate["ours"]),
+                      "gemm_ceiling_fraction": round(rate["ours"] / ceiling, 3), "batch_size": b, "threads": threads,
+                      "streaming_samples_per_s": round(rate["streaming"], 1),
+                      "streaming_ratio_vs_peer": vs_peer(rate["streaming"]),
+                      "streaming_gemm_ceiling_fraction": round(rate["streaming"] / ceiling, 3)}))
     return 0

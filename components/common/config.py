@@ -179,6 +179,15 @@ class NMTConfig(_Strict):
         return NMTConfig.model_validate({**self.model_dump(), **NMT_PRESETS[name], "preset": name})
 
 
+class EvaluateConfig(_Strict):
+    # processes scoring the test split (torchrun, gloo on the CPU: evaluation runs the unsharded model.pt);
+    # its own key, not train.nproc, which follows the GPUs of the train pods and the evaluate pod has none
+    nproc: int = Field(1, ge=1)
+    # rows scored at once; read by the evaluate step (a row's float32 score may differ in its last bits
+    # with the batch it is scored in), so unlike nproc it is part of the step's inputs
+    batch_size: int = Field(8192, gt=0)
+
+
 class TaskConfig(_Strict):
     """A task's own settings; each unset one falls back to the run's (written in `tasks` as a mapping:
     `- {name: purchase, label: buy, loss: pairwise, tolerance: 0.001}`)."""
@@ -209,6 +218,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     nmt: NMTConfig = NMTConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     # Kubernetes side (image, resources, GPUs, TrainJob); never part of a step's inputs
     cluster: Optional[ClusterConfig] = None
 

@@ -22,7 +22,8 @@ RUN_SETTINGS_ENV = "NMTREC_RUN_SETTINGS"
 # how a step runs, never what it computes: processes, threads, fault tolerance, where Beam runs and
 # in which chunks (splits are drawn per line, independent of runner and chunking), the run's name
 RUN_ONLY = ("name", "cluster", "train.nproc", "train.threads", "train.retries", "train.checkpoint_every",
-            "train.resume_root", "data.runner", "data.num_workers", "data.beam_options", "data.chunk_bytes")
+            "train.resume_root", "data.runner", "data.num_workers", "data.beam_options", "data.chunk_bytes",
+            "evaluate.nproc")
 
 Kind = Literal["generate", "preprocess", "stage", "joint", "evaluate"]
 
@@ -34,7 +35,7 @@ READS: dict[str, tuple[str, ...]] = {
     "preprocess": ("seed", "data", "features"),  # not data.synthetic: the generated file is its input
     "stage": ("seed", "tasks", "features", "model", "train", "nmt"),  # tasks[:k+1]; stage 1: not nmt
     "joint": ("seed", "tasks", "features", "model", "train"),  # its method is a parameter of its own
-    "evaluate": ("tasks", "methods"),
+    "evaluate": ("tasks", "methods", "evaluate"),  # evaluate.nproc: run-only (RUN_ONLY)
 }
 
 

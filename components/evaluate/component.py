@@ -1,6 +1,7 @@
 """KFP wrappers: evaluate every method on the test split -> report.json, HTML report with plots,
 Metrics and ClassificationMetrics (ROC). Two variants because a KFP input list (dsl.Collected) cannot
-be optional: `evaluate` (NMT chain only) and `evaluate_all` (plus the joint-training baselines)."""
+be optional: `evaluate` (NMT chain only) and `evaluate_all` (plus the joint-training baselines).
+`evaluate.nproc > 1` scores under torchrun (launch.py)."""
 from typing import List
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -11,11 +12,11 @@ def evaluate(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model]
              roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
     from nmtrec.components.common.logs import setup_logging
     from nmtrec.components.common.step_inputs import runtime_config
-    from nmtrec.components.evaluate.report import write_outputs
+    from nmtrec.components.evaluate.launch import evaluate_main
 
     setup_logging()
-    write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None, [],
-                  runtime_config(config_json).methods, report.path, html.path, metrics, roc)
+    evaluate_main(runtime_config(config_json), dataset.path, checkpoint.path, first_stage.path,
+                  famo_nmt.path if famo_nmt else None, [], report.path, html.path, metrics, roc)
 
 
 def evaluate_all(config_json: str, dataset: Input[Dataset], checkpoint: Input[Model], first_stage: Input[Model],
@@ -23,10 +24,10 @@ def evaluate_all(config_json: str, dataset: Input[Dataset], checkpoint: Input[Mo
                  roc: Output[ClassificationMetrics], famo_nmt: Input[Model] = None):
     from nmtrec.components.common.logs import setup_logging
     from nmtrec.components.common.step_inputs import runtime_config
-    from nmtrec.components.evaluate.report import write_outputs
+    from nmtrec.components.evaluate.launch import evaluate_main
 
     setup_logging()
-    write_outputs(dataset.path, checkpoint.path, first_stage.path, famo_nmt.path if famo_nmt else None,
-                  [m.path for m in joint], runtime_config(config_json).methods, report.path, html.path, metrics, roc)
+    evaluate_main(runtime_config(config_json), dataset.path, checkpoint.path, first_stage.path,
+                  famo_nmt.path if famo_nmt else None, [m.path for m in joint], report.path, html.path, metrics, roc)
 
 

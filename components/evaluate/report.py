@@ -11,6 +11,7 @@ from nmtrec.components.common.manifest import StageManifest
 from nmtrec.components.common.metrics import undefined_reason
 from nmtrec.components.evaluate.compare import evaluate_methods
 from nmtrec.components.evaluate.oracle import oracle_report
+from nmtrec.components.evaluate.scoring import BATCH_SIZE
 
 STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "test_audit",
               "epochs", "valid_loss", "valid_auc")
@@ -21,13 +22,14 @@ def stage_summaries(meta: StageManifest) -> list[dict]:
 
 
 def build_full_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None = None,
-                      joint: list[str] = (), method_order: list[str] | None = None) -> tuple[dict, dict, tuple]:
-    """Return (report, {method: StageManifest}, NMT test (labels, probs))."""
+                      joint: list[str] = (), method_order: list[str] | None = None,
+                      batch_size: int = BATCH_SIZE) -> tuple[dict, dict, tuple]:
+    """Return (report, {method: StageManifest}, NMT test (labels, probs)); collective under torchrun."""
     from nmtrec.components.train.checkpoint import read_meta
 
     last = read_meta(nmt)
     tasks = last.tasks
-    methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint)
+    methods, metas, nmt_pred = evaluate_methods(dataset_dir, tasks, nmt, first_stage, famo_nmt, joint, batch_size)
     if method_order:  # the config's order, then whatever else was evaluated
         methods = {k: methods[k] for k in [*method_order, *methods] if k in methods}
     report = {"tasks": tasks, "methods": methods, "stages": stage_summaries(metas["nmt"]),
@@ -77,32 +79,60 @@ def _nan(x) -> bool:
     return isinstance(x, float) and not np.isfinite(x)
 
 
-def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None, joint: list[str],
-                  method_order: list[str], report_path: str, html_path: str, metrics=None, roc=None) -> dict:
-    """Evaluate, then write report.json and the HTML report (atomically); log KFP metrics if given."""
-    import math
-
-    from sklearn.metrics import roc_curve
+def write_report(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None, joint: list[str],
+                 method_order: list[str], report_path: str, html_path: str,
+                 batch_size: int = BATCH_SIZE) -> tuple[dict, dict | None]:
+    """Evaluate, then write report.json and the HTML report (atomically); return (report, NMT's ROC
+    points). Collective under torchrun: every process scores its share, rank 0 writes the files."""
+    import torch.distributed as dist
 
     from nmtrec.components.common.files import write_json_atomic, write_text_atomic
     from nmtrec.components.common.manifest import read_history
     from nmtrec.components.evaluate.html import render
 
-    report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order)
+    report, metas, (labels, probs) = build_full_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order,
+                                                       batch_size)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return report, None
     write_json_atomic(report_path, report, indent=2, allow_nan=False)  # nulls, never NaN (null_undefined)
     title = f"nmtrec: {' > '.join(report['tasks'])}"
     histories = [read_history(nmt, s) for s in metas["nmt"].stages]
     write_text_atomic(html_path, render(report, histories, title=title))
+    return report, roc_points(labels, probs)
+
+
+def roc_points(labels: np.ndarray, probs: np.ndarray, points: int = 200) -> dict | None:
+    """NMT's ROC of the primary task, at most `points` points (a ClassificationMetrics artifact holds
+    one curve); None when the test split has one class."""
+    from sklearn.metrics import roc_curve
+
+    if not 0 < labels[:, 0].sum() < len(labels):
+        return None
+    fpr, tpr, thr = roc_curve(labels[:, 0], probs[:, 0])
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), points)).astype(int))
+    return {"fpr": [float(x) for x in fpr[keep]], "tpr": [float(x) for x in tpr[keep]],
+            "threshold": [float(min(x, 1e9)) for x in thr[keep]]}
+
+
+def log_kfp(report: dict, curve: dict | None, metrics=None, roc=None) -> None:
+    """Every finite metric into the KFP Metrics artifact, the ROC points into ClassificationMetrics."""
+    import math
+
     if metrics is not None:
         for method, m in report["methods"].items():
             for kind in ("auc", "gauc", "logloss"):
                 for task, value in m[kind].items():
                     if value is not None and not math.isnan(value):
                         metrics.log_metric(f"{method}/{task}/{kind}", value)
-    if roc is not None and 0 < labels[:, 0].sum() < len(labels):
-        # NMT's ROC of the primary task (a ClassificationMetrics artifact holds one curve; none for one class)
-        fpr, tpr, thr = roc_curve(labels[:, 0], probs[:, 0])
-        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
-        roc.log_roc_curve([float(x) for x in fpr[keep]], [float(x) for x in tpr[keep]],
-                          [float(min(x, 1e9)) for x in thr[keep]])
+    if roc is not None and curve is not None:
+        roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["threshold"])
+
+
+def write_outputs(dataset_dir: str, nmt: str, first_stage: str, famo_nmt: str | None, joint: list[str],
+                  method_order: list[str], report_path: str, html_path: str, metrics=None, roc=None,
+                  batch_size: int = BATCH_SIZE) -> dict:
+    """Evaluate in this process, write report.json and the HTML report; log KFP metrics if given."""
+    report, curve = write_report(dataset_dir, nmt, first_stage, famo_nmt, joint, method_order, report_path, html_path,
+                                 batch_size)
+    log_kfp(report, curve, metrics, roc)
     return report

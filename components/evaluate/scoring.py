@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nmtrec.components.common.config import EvaluateConfig
 from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.common.manifest import StageManifest
 from nmtrec.components.common.metrics import auc, gauc, logloss
@@ -21,10 +22,11 @@ from nmtrec.components.train.data import load_split, shard_batches
 from nmtrec.models.registry import build_model
 
 USER = "user_id"  # gAUC groups rows by this feature when the dataset has it
+BATCH_SIZE = EvaluateConfig().batch_size  # rows scored at once
 
 
 @torch.no_grad()
-def predict(model, split, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model, split, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probabilities [N, outputs] float32, labels [N, T], user ids [N]) of every row in row order; with
     a process group of several processes, every process scores its share and all get the whole."""
     model.eval()
@@ -51,7 +53,7 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray, tasks
     }
 
 
-def predict_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test", batch_size: int = 8192):
+def predict_checkpoint(ckpt_dir: str, dataset_dir: str, split: str = "test", batch_size: int = BATCH_SIZE):
     """(labels [N, T], probabilities [N, T], user ids [N], stage manifest) of one checkpoint on a split
     (collective under torchrun: every process calls it and gets the whole)."""
     meta = checkpoint.read_meta(ckpt_dir)
