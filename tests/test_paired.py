@@ -51,6 +51,26 @@ def test_a_task_tolerance_is_an_allowance_on_the_mean_loss_increase():
     assert paired.paired_audit(["like"], cur[:, None], {"like": ref}, [0.7], {"like": 0.71}, 2.0, {})[0]["breach"]
 
 
+def test_paired_auc_change_matches_sklearn_and_a_bootstrap_of_its_spread():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    y = (rng.random(n) < 0.2).astype(np.float32)
+    ref = (y + rng.normal(0, 1.2, n)).astype(np.float32).astype(np.float64)
+    cur = (ref + rng.normal(0, 0.6, n)).astype(np.float32).astype(np.float64)
+    cur[:5] = cur[5]  # ties count one half
+    change, se = paired.auc_change(cur, ref, y)
+    assert change == pytest.approx(roc_auc_score(y, cur) - roc_auc_score(y, ref), abs=1e-12)
+    boot = []
+    for _ in range(400):  # rows resampled: the same rows for both models, as the paired test assumes
+        i = rng.integers(0, n, n)
+        boot.append(roc_auc_score(y[i], cur[i]) - roc_auc_score(y[i], ref[i]))
+    assert se == pytest.approx(np.std(boot), rel=0.2)
+    assert paired.auc_change(ref, ref, y) == (0.0, 0.0)
+    assert all(np.isnan(paired.auc_change(cur, ref, np.zeros(n))))
+
+
 def test_multipliers_follow_the_standardized_excess_and_the_score_ranks_feasible_first():
     obj = NMTStage(1, {0: 0.5}, lambda_init=1.0, measure="paired", z=2.0, checks_per_epoch=4)
     lam0 = float(obj.lam[0])
@@ -80,7 +100,9 @@ def test_warmup_keeps_the_higher_task_bit_identical_and_stage_audits_out_of_samp
     (test,) = m.stages[-1].test_audit
     assert valid["task"] == test["task"] == "like"
     assert valid["mean_loss_change"] == 0.0 and test["mean_loss_change"] == 0.0 and test["auc_change"] == 0.0
+    assert (test["auc_change_paired"], test["auc_se"], test["auc_z"]) == (0.0, 0.0, 0.0)  # DeLong, same rows
     assert not valid["breach"] and not test["breach"]
     # the click head did learn, and stage 2 carries both tasks' reference rows on
     assert set(paired.load_rows(tmp_path / "s2", "valid")) == {"like", "click"}
+    assert set(paired.load_rows(tmp_path / "s2", "test", paired.scores_file)) == {"like", "click"}
     assert m.frozen_test_auc["like"] == pytest.approx(test["frozen_auc"])

@@ -132,11 +132,20 @@ def audit_table(stages: list[dict], key: str = "constraint_audit") -> str:
             rows.append(f"<tr><td>{k + 1} ({html.escape(s['task'])})</td><td>{html.escape(a['task'])}</td>"
                         f"<td>{_fmt(change)}</td><td>{_fmt(a['tolerance'])}</td>"
                         f"<td>{_fmt(a['t']) if paired else '–'}</td><td>{_fmt(auc_now)}</td><td>{_fmt(auc_then)}</td>"
+                        f"<td>{_auc_change(a)}</td>"
                         f"<td>{_fmt(a['lambda_final'])}</td><td>{flag}</td></tr>")
     if not rows:
         return "<p>one task: nothing constrained</p>"
     return ("<table><tr><th>stage</th><th>constrained task</th><th>loss change</th><th>tolerance</th><th>t (SE)</th>"
-            "<th>AUC</th><th>frozen AUC</th><th>final λ</th><th>audit</th></tr>" + "".join(rows) + "</table>")
+            "<th>AUC</th><th>frozen AUC</th><th>AUC change ± SE (DeLong, paired)</th><th>final λ</th><th>audit</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _auc_change(a: dict) -> str:
+    """The paired AUC change with DeLong's standard error, where the frozen model's scores were kept."""
+    if a.get("auc_se") is None:
+        return "–"
+    return f"{a['auc_change_paired']:+.4f} ± {a['auc_se']:.4f}"
 
 
 def render(report: dict, histories: list[dict | None], title: str = "nmtrec report") -> str:

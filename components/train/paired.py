@@ -31,6 +31,11 @@ def rows_file(split: str) -> str:
     return f"{ROWS_DIR}/{split}.npz"
 
 
+def scores_file(split: str) -> str:
+    """Each task's per-row scores (logits) of its frozen model: the paired AUC comparison's reference."""
+    return f"{ROWS_DIR}/{split}_scores.npz"
+
+
 def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str | list[str]) -> np.ndarray:
     """[rows, tasks] float64 per-row losses (NaN where a row has no pair, `pairwise` only). `loss`: one
     for every task, or each task's own."""
@@ -88,6 +93,31 @@ def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0) 
     return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d), allowance)
 
 
+def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: for each positive the share of negatives it outranks, for each
+    negative the share of positives that outrank it (ties count one half)."""
+    pos, neg = scores[positive], scores[~positive]
+    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
+    v10 = (np.searchsorted(neg_sorted, pos, "left") + np.searchsorted(neg_sorted, pos, "right")) / (2.0 * len(neg))
+    v01 = 1.0 - (np.searchsorted(pos_sorted, neg, "left") + np.searchsorted(pos_sorted, neg, "right")) / (2.0 * len(pos))
+    return v10, v01
+
+
+def auc_change(current: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """AUC(current) - AUC(reference) on the same rows and its standard error by DeLong's paired method
+    (DeLong, DeLong & Clarke-Pearson 1988): both AUCs are means of per-row placements, so the change's
+    variance comes from the per-row differences, as for the losses. NaN when a class is missing."""
+    positive = labels > 0.5
+    if positive.all() or not positive.any():
+        return float("nan"), float("nan")
+    # both sides at the stored precision (float32), as `compare` does: an unchanged model differs by 0
+    now10, now01 = _placements(current.astype(np.float32).astype(np.float64), positive)
+    ref10, ref01 = _placements(reference.astype(np.float64), positive)
+    d10, d01 = now10 - ref10, now01 - ref01
+    var = (d10.var(ddof=1) / len(d10) if len(d10) > 1 else 0.0) + (d01.var(ddof=1) / len(d01) if len(d01) > 1 else 0.0)
+    return float(d10.mean()), float(np.sqrt(var))
+
+
 def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
     """{task: per-row losses} as .npz bytes (float32: differences of ~1e-4 need no more)."""
     buf = io.BytesIO()
@@ -95,8 +125,8 @@ def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def load_rows(artifact_dir, split: str) -> dict[str, np.ndarray]:
-    path = Path(artifact_dir) / rows_file(split)
+def load_rows(artifact_dir, split: str, file=rows_file) -> dict[str, np.ndarray]:
+    path = Path(artifact_dir) / file(split)
     if not path.is_file():
         return {}
     with np.load(path) as f:
@@ -120,11 +150,13 @@ class PairedCheck:
 
 def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.ndarray], auc_now: list[float],
                  frozen_auc: dict[str, float], z: float, lambdas: dict[str, float],
-                 allowance: dict[str, float] | None = None) -> list[dict]:
+                 allowance: dict[str, float] | None = None, scores: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, frozen_scores: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Every higher task's per-row losses now against its frozen model's on the same rows (components/
     train/paired.py): the mean difference, its standard error, t = mean / SE, and a breach when the task
     is significantly worse than its allowance r_j (mean - r_j > z * SE); AUC now vs the frozen model's on
-    the same split."""
+    the same split, with DeLong's paired standard error where the frozen model's scores were kept
+    (`scores` [rows, outputs] and `labels` [rows, tasks] of the current model)."""
     out = []
     for j, t in enumerate(higher):
         if t not in frozen_rows:
@@ -134,4 +166,7 @@ def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.
                     "tolerance": c.allowance + z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,
                     "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z))})
+        if scores is not None and t in (frozen_scores or {}):
+            change, se = auc_change(np.broadcast_to(scores, labels.shape)[:, j], frozen_scores[t], labels[:, j])
+            out[-1].update(auc_change_paired=change, auc_se=se, auc_z=change / se if se > 0 else 0.0)
     return out

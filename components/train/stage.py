@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -145,6 +146,8 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
                                 num_batches(train, cfg.train.batch_size))
     frozen_rows = {split: paired.load_rows(previous_dir, split) for split in ("valid", "test")} if prev else {}
+    frozen_scores = {split: paired.load_rows(previous_dir, split, paired.scores_file)
+                     for split in ("valid", "test")} if prev else {}
     checker = warmup = None
     if stage > 0:
         if cfg.nmt.constraint_data == "paired":
@@ -188,6 +191,8 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     rows = {s: paired.row_losses(scores[s], labels[s], task_loss_names(cfg)) for s in scores}
     for split in rows:
         files[paired.rows_file(split)] = paired.dump_rows({**frozen_rows.get(split, {}), task: rows[split][:, stage]})
+        own = np.broadcast_to(scores[split], labels[split].shape)[:, stage]  # a shared score serves every task
+        files[paired.scores_file(split)] = paired.dump_rows({**frozen_scores.get(split, {}), task: own})
     frozen_optima = {**(prev.frozen_optima if prev else {}), task: train_loss[stage]}
     frozen_valid_all = {**(prev.frozen_valid if prev else {}), task: valid_loss[stage]}
     frozen_valid_auc = {**(prev.frozen_valid_auc if prev else {}), task: valid_auc[stage]}
@@ -196,12 +201,14 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     allowance = {t: cfg.tolerance_of(t) for t in higher}  # r_j's absolute part: the paired audits' allowance
     if cfg.nmt.constraint_data == "paired":
         checks = paired.paired_audit(higher, rows["valid"], frozen_rows.get("valid", {}), valid_auc,
-                                    frozen_valid_auc, cfg.nmt.z, lambdas, allowance)
+                                    frozen_valid_auc, cfg.nmt.z, lambdas, allowance, scores["valid"],
+                                    labels["valid"], frozen_scores.get("valid"))
     else:
         checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
                                         frozen_valid_auc, lambdas, vtol)
     test_audit = paired.paired_audit(higher, rows["test"], frozen_rows.get("test", {}), test_auc, frozen_test_auc,
-                                    cfg.nmt.z, lambdas, allowance)
+                                    cfg.nmt.z, lambdas, allowance, scores["test"], labels["test"],
+                                    frozen_scores.get("test"))
     summary = StageSummary(
         task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
         tolerance=tol, constraint_audit=checks,
