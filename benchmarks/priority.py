@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from nmtrec.components.common.files import write_text_atomic
+from nmtrec.components.common.overrides import apply_overrides, parse_override
 
 PRIMARY_OK = -0.005  # (a): NMT primary - single-task primary, per world
 PRIMARY_MEAN_OK = -0.002  # (a): the same, mean over worlds
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=2, help="training seeds per world")
     p.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override the config for every world (YAML value), e.g. nmt.relative_tolerance=0.02")
+                   help="override the config for every world (YAML value), e.g. nmt.z=3")
     p.add_argument("--quick", action="store_true", help="2 worlds x 1 seed, 3-point grid (smoke runs)")
     p.add_argument("--tiny", action="store_true", help="tiny worlds and 2 epochs (tests only: numbers mean nothing)")
     p.add_argument("--no-sbr", action="store_true", help="leave out the real Tenrec sbr extract")
@@ -65,29 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- config
 
-def parse_set(item: str) -> tuple[str, object]:
-    """'nmt.relative_tolerance=0.02' -> ('nmt.relative_tolerance', 0.02) (the value read as YAML)."""
-    import yaml
-
-    if "=" not in item:
-        raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE")
-    key, value = item.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
-
-
-def apply_sets(raw: dict, sets: list[tuple[str, object]]) -> dict:
-    out = copy.deepcopy(raw)
-    for key, value in sets:
-        *parents, last = key.split(".")
-        d = out
-        for part in parents:
-            d = d.setdefault(part, {})
-            if not isinstance(d, dict):
-                raise ValueError(f"--set {key}: {part} is not a section")
-        d[last] = value
-    return out
-
-
 def world_config(base: dict, world, sets: list, grid: tuple[str, ...], tiny: bool = False):
     """The config of one world: the base, the world's data (and head/loss) overrides, then --set."""
     from nmtrec.components.common.config import Config
@@ -100,8 +78,8 @@ def world_config(base: dict, world, sets: list, grid: tuple[str, ...], tiny: boo
             raw[section] = values
     raw["methods"] = ["nmt", "single_task", "equal_weights"] + [f"weight_grid:{g}" for g in grid]
     if tiny:
-        raw = apply_sets(raw, [("train.max_epochs", 2), ("train.patience", 0)])
-    raw = apply_sets(raw, sets)
+        raw = apply_overrides(raw, [parse_override("train.max_epochs=2"), parse_override("train.patience=0")])
+    raw = apply_overrides(raw, sets)
     raw["seed"] = world.seed
     return Config.model_validate(raw)
 
@@ -534,7 +512,7 @@ def run(args) -> int:
     output = Path(args.output)
     (output / "results").mkdir(parents=True, exist_ok=True)
     log_dir = output / "logs"
-    sets = [parse_set(s) for s in args.sets]
+    sets = [parse_override(s) for s in args.sets]
     base = yaml.safe_load(Path(args.config).read_text())
     grid = QUICK_GRID if args.quick else GRID
     grid_methods = [f"weight_grid:{g}" for g in grid]
@@ -561,7 +539,7 @@ def run(args) -> int:
     seeds = list(range(1, 2 if args.quick else args.seeds + 1))
     code = code_digest(root)
     data_code = code_digest(root, ("components/generate", "components/preprocess"))
-    set_text = [f"{k}={json.dumps(v)}" for k, v in sets]
+    set_text = [f"{o.key}={json.dumps(o.value)}" for o in sets]
 
     cfgs = {w.name: world_config(base, w, sets, grid, tiny=args.tiny) for w in worlds}
     dkeys = {w.name: _digest([data_key(cfgs[w.name], w), data_code]) for w in worlds}

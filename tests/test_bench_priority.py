@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import import_benchmark
+from nmtrec.components.common.overrides import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 priority = import_benchmark("priority")
@@ -97,7 +98,7 @@ def test_set_overrides_and_world_configs():
     import yaml
 
     base = yaml.safe_load((ROOT / "configs" / "bench_priority.yaml").read_text())
-    sets = [priority.parse_set("nmt.relative_tolerance=0.02"), priority.parse_set("train.max_epochs=3")]
+    sets = [parse_override("nmt.relative_tolerance=0.02"), parse_override("train.max_epochs=3")]
     fam = {w.name: w for w in worlds.family()}
     assert len(fam) >= 16 and len({w.setting for w in fam.values()}) >= 4
     dense = priority.world_config(base, fam["dense-1"], sets, priority.GRID)
@@ -111,7 +112,7 @@ def test_set_overrides_and_world_configs():
         assert c.nmt == dense.nmt and c.model.embedding_dim == dense.model.embedding_dim
         assert c.train.lr == dense.train.lr and c.seed == fam[name].seed
     with pytest.raises(ValueError):
-        priority.parse_set("no-equals-sign")
+        parse_override("no-equals-sign")
     # --set nmt.* changes only NMT's key: stage 1 and the baselines are reused
     plain = priority.world_config(base, fam["dense-1"], [], priority.GRID)
     k1 = priority.method_keys(plain, "d", 1)
