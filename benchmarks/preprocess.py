@@ -30,6 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", help="directory to keep the generated file and outputs in (default: a temp dir)")
 
 
+def beam_spec(chunk_mib: int, workers: int = 1, seed: int = 0):
+    """The preprocessing spec of a synthetic Tenrec-schema file with the default features (also
+    `nmtrec bench scale`'s)."""
+    from nmtrec.components.common.config import FeatureConfig
+    from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec
+
+    f = FeatureConfig()
+    return PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables,
+                          labels=["click", "follow", "like", "share"], fmt="synthetic",
+                          chunk_bytes=int(chunk_mib) << 20, num_workers=workers, seed=seed)
+
+
 def _child(kind: str, csv: str, out: str, workers: int, chunk_mib: int) -> None:
     """Runs in a fresh interpreter; prints {"seconds": ..., "rows": ...}."""
     if kind == "pyarrow":
@@ -41,13 +53,9 @@ def _child(kind: str, csv: str, out: str, workers: int, chunk_mib: int) -> None:
         pq.write_table(table, out)
         rows = table.num_rows
     else:
-        from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
-        from nmtrec.components.common.config import FeatureConfig
+        from nmtrec.components.preprocess.beam_pipeline import run_preprocess
 
-        f = FeatureConfig()
-        spec = PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables,
-                              labels=["click", "follow", "like", "share"], fmt="synthetic",
-                              chunk_bytes=chunk_mib << 20, num_workers=workers)
+        spec = beam_spec(chunk_mib, workers)
         start = time.perf_counter()
         fs = run_preprocess(csv, out, spec)
         rows = fs.rows_read

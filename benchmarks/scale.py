@@ -21,7 +21,6 @@ from pathlib import Path
 
 HOME = Path(__file__).resolve().parents[1]  # the checkout: children import benchmarks.scale from here
 WORKER = Path(__file__).with_name("scale_worker.py")
-LABELS = ["click", "follow", "like", "share"]
 TARGETS = {"rss_ratio_max": 1.5, "throughput_ratio_min": 0.8}  # issue 14: 16M rows against 1M
 
 
@@ -47,12 +46,10 @@ def train_config(args) -> dict:
 
 # -- children (fresh interpreters; each prints one JSON line) --------------------------------------
 def _child_preprocess(csv: str, out: str, chunk_mib: int) -> None:
-    from nmtrec.components.common.config import FeatureConfig
-    from nmtrec.components.preprocess.beam_pipeline import PreprocessSpec, run_preprocess
+    from benchmarks.preprocess import beam_spec
+    from nmtrec.components.preprocess.beam_pipeline import run_preprocess
 
-    f = FeatureConfig()
-    spec = PreprocessSpec(sparse=f.sparse, bags=f.bags, bag_tables=f.bag_tables, labels=LABELS, fmt="synthetic",
-                          chunk_bytes=int(chunk_mib) << 20, seed=1)
+    spec = beam_spec(chunk_mib, seed=1)
     start = time.perf_counter()
     fs = run_preprocess(csv, out, spec)
     print(json.dumps({"seconds": time.perf_counter() - start, "rows": fs.rows_read}))

@@ -89,9 +89,8 @@ def test_epoch_is_the_documented_order_and_the_same_global_batches_on_two_ranks(
             assert same(two[r][i], data.make_batch(ref, order[i * bs + r * bs // 2:i * bs + (r + 1) * bs // 2]))
 
 
-def test_resumed_epoch_continues_exactly_and_skips_earlier_windows_unread(dataset, monkeypatch):
-    split = open_split(dataset)
-    full = list(data.batches(split, 64, 1, 2, shuffle_seed=11, window_rows=400))
+def count_reads(split, monkeypatch) -> list[int]:
+    """The rows of every GroupReader.read from now on (appended as they happen)."""
     reads = []
     original = GroupReader.read
 
@@ -100,6 +99,13 @@ def test_resumed_epoch_continues_exactly_and_skips_earlier_windows_unread(datase
         return original(self, groups)
 
     monkeypatch.setattr(GroupReader, "read", counting)
+    return reads
+
+
+def test_resumed_epoch_continues_exactly_and_skips_earlier_windows_unread(dataset, monkeypatch):
+    split = open_split(dataset)
+    full = list(data.batches(split, 64, 1, 2, shuffle_seed=11, window_rows=400))
+    reads = count_reads(split, monkeypatch)
     start = len(full) - 5
     resumed = list(data.batches(split, 64, 1, 2, shuffle_seed=11, window_rows=400, start=start))
     assert len(resumed) == 5 and all(same(a, b) for a, b in zip(resumed, full[start:]))
@@ -109,14 +115,7 @@ def test_resumed_epoch_continues_exactly_and_skips_earlier_windows_unread(datase
 def test_reads_stay_within_one_window(dataset, monkeypatch):
     """What a process holds: one window (at least `window` rows, whole row groups) at a time."""
     split = open_split(dataset)
-    reads = []
-    original = GroupReader.read
-
-    def counting(self, groups):
-        reads.append(sum(split.groups[k].rows for k in groups))
-        return original(self, groups)
-
-    monkeypatch.setattr(GroupReader, "read", counting)
+    reads = count_reads(split, monkeypatch)
     assert len(list(data.batches(split, 64, 0, 1, shuffle_seed=1, window_rows=400))) == split.rows // 64
     assert sum(reads) == split.rows and max(reads) < 400 + GROUP
 
