@@ -44,6 +44,7 @@ readme-figures:
 	$(MAKE) install
 	$(BIN)/python -m benchmarks.readme_table --report runs/demo/report.json --readme README.md --config configs/demo.yaml \
 	  $(if $(wildcard runs/bench-priority/priority.md),--block bench-priority runs/bench-priority/priority.md) \
+	  $(if $(wildcard runs/bench-priority-unseen/priority.md),--block bench-priority-unseen runs/bench-priority-unseen/priority.md) \
 	  $(if $(wildcard runs/bench-scale/scale.md),--block bench-scale runs/bench-scale/scale.md)
 
 bench: install

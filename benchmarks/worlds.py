@@ -62,10 +62,11 @@ class World:
         return float(syn.get("rows", 25_000)) * (2.0 if self.extra else 1.0)
 
 
-def family(tiny: bool = False) -> list[World]:
+def family(tiny: bool = False, world_seeds=WORLD_SEEDS) -> list[World]:
+    """Every setting x world seed (other seeds than the bench's: worlds nobody tuned anything to)."""
     worlds = []
     for setting, data in SETTINGS.items():
-        for seed in WORLD_SEEDS:
+        for seed in world_seeds:
             syn = {**data["synthetic"], **(TINY if tiny else {})}
             worlds.append(World(name=f"{setting}-{seed}", setting=setting, seed=seed,
                                 data={"source": "synthetic", "synthetic": syn, "split": SPLIT},

@@ -152,3 +152,21 @@ def test_quick_tiny_run_through_the_cli(tmp_path):
     again = subprocess.run(cmd + ["--ignore-code"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 unit(s) to train" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["mean_primary_gap"] == last["mean_primary_gap"]
+
+
+def test_other_world_seeds_and_training_seeds_give_worlds_the_bench_never_saw():
+    """--world-seeds / --first-seed: the same settings on other data and seeds (a check of the defaults on
+    worlds nobody tuned to); a bad value is one line and exit 2."""
+    names = [w.name for w in worlds.family(world_seeds=(5, 6))]
+    assert names == [f"{s}-{n}" for s in worlds.SETTINGS for n in (5, 6)]
+    base = {w.name: w for w in worlds.family()}
+    other = {w.name: w for w in worlds.family(world_seeds=(5,))}
+    assert other["dense-5"].data == base["dense-1"].data and other["dense-5"].seed == 5
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "nmtrec.pipelines.cli", "bench", "priority", "--no-sbr", "--list"]
+    listed = subprocess.run(cmd + ["--world-seeds", "7"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and [line.split()[0] for line in listed.stdout.splitlines()] == [
+        f"{s}-7" for s in worlds.SETTINGS]
+    bad = subprocess.run(cmd + ["--world-seeds", "5,x"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "--world-seeds: expected comma-separated integers, got '5,x'"]

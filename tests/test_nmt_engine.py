@@ -9,7 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import tiny_config
 
-NMT = {"relative_tolerance": 0.01, "lambda_init": 1.0}
+# stage 2 continues from stage 1 (the paper's start): on data this tiny a fresh model's AUC after 3 epochs is
+# chance, so the default fresh start is judged by `nmtrec bench priority` and tests/test_nmt_anchor.py
+NMT = {"relative_tolerance": 0.01, "lambda_init": 1.0, "init": "previous"}
 
 
 @pytest.fixture(scope="module")

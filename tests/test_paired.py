@@ -94,7 +94,7 @@ def test_warmup_keeps_the_higher_task_bit_identical_and_stage_audits_out_of_samp
     rows = paired.load_rows(tmp_path / "s1", "valid")
     assert set(rows) == {"like"} and set(paired.load_rows(tmp_path / "s1", "test")) == {"like"}
     # one epoch that is all warm-up: like's predictions cannot move
-    cfg = tiny_cfg.updated(train={"max_epochs": 1}, nmt={"warmup_epochs": 1})
+    cfg = tiny_cfg.updated(train={"max_epochs": 1}, nmt={"warmup_epochs": 1, "init": "previous"})
     m = run_stage(cfg, 1, data, str(tmp_path / "s2"), str(tmp_path / "s1"))
     (valid,) = m.stages[-1].constraint_audit
     (test,) = m.stages[-1].test_audit

@@ -8,11 +8,12 @@ import torch
 from conftest import tiny_config
 from nmtrec.components.common.config import NMT_PRESETS, Config, ConfigError, NMTConfig, load_config
 
-PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0}
+PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
+         "init": "previous", "anchor": "loss", "higher_weight": 0.0}
 # the keys the paper preset leaves as configured: the paper's own knobs (tau, lambda_init, r), the audit
 # switch, the preset itself, and keys that only the `paired` measurement reads (the preset measures `train`)
 AS_CONFIGURED = {"tau", "lambda_init", "tolerance", "relative_tolerance", "fail_on_breach", "preset", "z",
-                 "checks_per_epoch"}
+                 "checks_per_epoch", "feasible_z"}
 
 
 # --- the preset --------------------------------------------------------------------------------------
@@ -36,7 +37,8 @@ def test_every_nmt_key_is_pinned_by_the_paper_preset_or_left_as_configured():
 
 
 @pytest.mark.parametrize("key,value", [("multiplier", "pi"), ("constraint_data", "valid"), ("ema", 0.9),
-                                       ("warmup_epochs", 1)])
+                                       ("warmup_epochs", 1), ("init", "fresh"), ("anchor", "distill"),
+                                       ("higher_weight", 1.0)])
 def test_a_key_conflicting_with_the_preset_is_an_error_naming_it(tmp_path, key, value):
     # an error, not a silent override either way: a run labelled "paper" must be the paper's form, and a
     # key the user wrote must not be dropped without a word

@@ -132,7 +132,8 @@ class TrainConfig(_Strict):
 # the raw batch value (no smoothing), no warm-up; tau, lambda_init and r (tolerance, relative_tolerance)
 # as configured, the dense learning rate eta is train.lr
 NMT_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0},
+    "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
+              "init": "previous", "anchor": "loss", "higher_weight": 0.0},
 }
 
 
@@ -152,13 +153,25 @@ class NMTConfig(_Strict):
     # against the frozen validation loss) or "train" (training batches against the frozen training
     # loss, as the paper)
     constraint_data: Literal["paired", "valid", "train"] = "paired"
-    # paired: a higher task is degraded when its mean paired loss change exceeds z standard errors (the
-    # feasibility of an epoch and the audit); the multipliers aim at no change at all
+    # paired: the audits call a higher task degraded when its mean paired loss change exceeds z standard
+    # errors (epochs are judged by feasible_z below); the multipliers aim at no change at all
     z: float = Field(2.0, gt=0)
     checks_per_epoch: int = Field(4, ge=1)  # paired: full-validation measurements per epoch (λ steps)
     # epochs at the start of stage k that train only task k's own parameters (tower, gates) on the frozen
     # shared ones: the new head learns before it can pull the shared layers (0: off)
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0)  # with init: previous only (a fresh model has nothing to keep)
+    # where stage k starts: "fresh" (default: a new seeded initialisation; the previous stage's model is
+    # the reference and the teacher of the higher tasks) or "previous" (its parameters, as the paper)
+    init: Literal["fresh", "previous"] = "fresh"
+    # what the multipliers weigh: "distill" (default: each higher task's divergence from the previous
+    # stage's predictions on the batch) or "loss" (its training loss minus f_j* + r_j, as the paper)
+    anchor: Literal["distill", "loss"] = "distill"
+    # each higher task's own loss keeps this weight in stage k's objective beside the multiplier term
+    # (1: the higher tasks keep learning with the new one, so they can gain from it; 0: the paper)
+    higher_weight: float = Field(1.0, ge=0)
+    # paired: an epoch is a candidate for the stage's early stopping when no higher task's paired t
+    # exceeds this (0: not worse on average on validation; the audits keep z)
+    feasible_z: float = 0.0
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)

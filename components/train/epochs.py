@@ -55,21 +55,28 @@ def mean_losses(model, split: ParquetSplit, batch_size: int, loss_fn=None) -> to
     return (total[:-1] / total[-1]).cpu()
 
 
-def objective_loss(model, objective, kjt, labels, where: str, loss_fn=task_losses, warmup=None):
+def objective_loss(model, objective, kjt, labels, where: str, loss_fn=task_losses, warmup=None, teacher=None):
     """(the loss a step minimises, the task losses) of one batch. During a warm-up (components/train/
-    warmup.py) only the stage task's own loss counts."""
-    losses = loss_fn(model(kjt), labels)
-    loss = warmup.loss(losses) if warmup is not None else objective.loss(losses)
+    warmup.py) only the stage task's own loss counts. `teacher` (components/train/teacher.py): the
+    previous stage's model, for objectives that weigh the higher tasks' divergence from it."""
+    logits = model(kjt)
+    losses = loss_fn(logits, labels)
+    if warmup is not None:
+        loss = warmup.loss(losses)
+    elif teacher is not None:
+        loss = objective.loss(losses, divergence=teacher.divergence(logits, kjt))
+    else:
+        loss = objective.loss(losses)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"{where}: loss is {loss.item()} (task losses {[float(x) for x in losses.detach()]})")
     return loss, losses
 
 
 def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses,
-               warmup=None) -> torch.Tensor:
+               warmup=None, teacher=None) -> torch.Tensor:
     """One optimiser step (the embeddings update inside backward, fused); returns the task losses.
     During a warm-up only the stage task's own parameters move."""
-    loss, losses = objective_loss(model, objective, kjt, labels, where, loss_fn, warmup)
+    loss, losses = objective_loss(model, objective, kjt, labels, where, loss_fn, warmup, teacher)
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
     if warmup is not None:
@@ -122,7 +129,7 @@ class HeldOutStream:
 def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetSplit, *, stage_task: int,
                batch_size: int, max_epochs: int, patience: int, seed: int, best_dir, meta, label: str = "",
                resumer=None, loss_fn=task_losses, paired=None, checks_per_epoch: int = 1,
-               warmup=None, shuffle_rows: int = SHUFFLE_ROWS) -> dict:
+               warmup=None, shuffle_rows: int = SHUFFLE_ROWS, teacher=None) -> dict:
     """With a `resumer` (components/train/resume.py) the loop checkpoints every N steps and a restart
     continues from the last checkpoint instead of from the start. `loss_fn` gives the per-task batch
     losses (components/train/losses.py). `meta`: the stage's StageManifest, saved with the best epoch.
@@ -130,6 +137,7 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
     `checks_per_epoch` times an epoch (the last right before the epoch's validation score).
     `warmup` (components/train/warmup.Warmup): its epochs train only the stage task's own parameters.
     `shuffle_rows`: the training stream's shuffle window (components/train/data.py).
+    `teacher` (components/train/teacher.py): for objectives with `needs_teacher`.
     On CUDA the steps run through TorchRec's TrainPipelineSparseDist when the objective allows it
     (components/train/pipelined.py)."""
     rank, world, device = dist.get_rank(), dist.get_world_size(), current_device()
@@ -141,6 +149,8 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
     history = {"step": [], "loss": [], "lambda": [], "valid": []}
     held_out = (HeldOutStream(valid, batch_size, seed, loss_fn, shuffle_rows)
                 if objective.needs_held_out_losses else None)
+    if getattr(objective, "needs_teacher", False) and teacher is None:
+        raise ValueError(f"{label}: the objective weighs a teacher's predictions but none was given")
     pipelined = use_sparse_dist_pipeline(device, objective, held_out)
     steps = (PipelinedSteps if pipelined else PlainSteps)(model, dense_opt, device)
     best, bad, step, first_epoch, skip = math.inf, 0, 0, 0, 0
@@ -181,7 +191,7 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
             def loss_of(kjt, labels, k):
                 return objective_loss(model, objective, kjt, labels,
                                       f"{label}: at epoch {epoch + 1}, step {first_step + k + 1}", loss_fn,
-                                      warmup if warming else None)
+                                      warmup if warming else None, teacher)
 
             for losses, kjt, labels in steps.run(itertools.islice(stream, until - pos), loss_of,
                                                  warmup if warming else None):

@@ -1,7 +1,9 @@
 """Train one NMT stage: the component core, runnable without KFP.
 
-Stage k (0-based) trains task `tasks[k]`; for k > 0 it starts from stage k-1's checkpoint and keeps
-every higher task at its frozen optimum through the Lagrangian objective. The config a stage sees has
+Stage k (0-based) trains task `tasks[k]`; for k > 0 it keeps every higher task at its frozen optimum
+through the Lagrangian objective, starting from a fresh initialisation (`nmt.init: fresh`, stage k-1's
+model then serves as the reference and the teacher of the higher tasks) or from stage k-1's parameters
+(`previous`, the paper's form). The config a stage sees has
 `tasks` cut to `tasks[:k+1]`, so appending a lower-priority task leaves stages 1..k unchanged
 (their KFP cache keys stay the same).
 
@@ -29,11 +31,12 @@ import torch.distributed as dist
 
 from nmtrec.components.train import audit, checkpoint, paired
 from nmtrec.components.train.data import load_split, num_batches
-from nmtrec.components.train.distributed import init_process_group, log_plan, set_threads, shard
+from nmtrec.components.train.distributed import current_device, init_process_group, log_plan, set_threads, shard
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
 from nmtrec.components.train.losses import per_task
 from nmtrec.components.train.objectives.registry import stage_objective
 from nmtrec.components.train.resume import Resumer, stage_key
+from nmtrec.components.train.teacher import Teacher
 from nmtrec.components.train.warmup import Warmup
 from nmtrec.models.registry import build_model
 from nmtrec.models.sparse import check_spec
@@ -130,7 +133,9 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         check_previous(prev, cfg, stage, previous_dir)
 
     spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed + stage, label)
-    if prev is not None:
+    # famo+nmt is the paper's form: it continues from the previous parameters and weighs the losses
+    fresh = prev is not None and method == "nmt" and cfg.nmt.init == "fresh"
+    if prev is not None and not fresh:
         checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
     higher = cfg.tasks[:stage]
@@ -159,7 +164,10 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
             checker = paired.PairedCheck(valid, {j: frozen_rows["valid"][t] for j, t in enumerate(higher)},
                                          cfg.train.batch_size, task_loss_names(cfg),
                                          {j: cfg.tolerance_of(t) for j, t in enumerate(higher)})
-        warmup = Warmup(dmp, stage, cfg.nmt.warmup_epochs)
+        warmup = Warmup(dmp, stage, 0 if fresh else cfg.nmt.warmup_epochs)
+    teacher = None
+    if getattr(objective, "needs_teacher", False):
+        teacher = Teacher(previous_dir, cfg.model, spec, stage, current_device())
     loss_fn = loss_function(cfg)
     inputs_json = step_inputs_json(cfg, Step("stage", stage))  # what the stage depends on: its identity
     meta = StageManifest(tasks=cfg.tasks, stage=stage, task=task, method=method if stage else "nmt",
@@ -177,7 +185,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                               patience=cfg.train.patience, seed=cfg.seed + stage,
                               best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn,
                               paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup,
-                              shuffle_rows=cfg.train.shuffle_rows)
+                              shuffle_rows=cfg.train.shuffle_rows, teacher=teacher)
     bs = cfg.train.batch_size
     files: dict[str, str | bytes] = {}
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]

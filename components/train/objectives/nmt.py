@@ -6,13 +6,25 @@ step uses L / (1 + sum lambda) -- a convex combination of the task losses, so la
 not blow up the step -- and the multipliers take a projected ascent step (components/train/
 objectives/multipliers.py: `pi` by default, the paper's `gradient` ascent with tau for comparison).
 
+What the multipliers weigh (`nmt.anchor`) and what else the step keeps (`nmt.higher_weight` w):
+    L = (f_k + w sum_j f_j + sum_j lambda_j a_j) / (1 + w (k - 1) + sum lambda)
+with a_j = f_j - f_j* - r_j (`loss`, the paper, w = 0) or a_j = the mean Bernoulli divergence of task
+j's predictions from the previous stage's model on the batch (`distill`, the default, w = 1). Why: a
+stage that stopped at its best validation epoch has a training loss that keeps falling while its
+validation loss rises, so pushing f_j's training loss down (the paper's a_j) cannot repair a held-out
+degradation -- it overfits task j further, the measured violation grows, lambda climbs and the new task
+starves. The divergence points at the previous model's predictions, whose held-out quality is the one
+measured. The higher tasks' own losses at weight w keep them learning with the new task, so where it
+helps them (positive transfer) they gain instead of being held at their old quality.
+
 How the constraints are measured (`nmt.constraint_data`, `measure` here):
 - `paired` (default): a few times an epoch the loop measures every higher task on the whole validation
   split against its frozen model, row by row (components/train/paired.py), and calls `after_check`.
   The multipliers follow t_j = mean paired loss difference / its standard error: they aim at the
   frozen quality itself (t = 0), scale-free and data-driven, so one setting serves every data set;
-  an epoch is feasible when no higher task is significantly worse (t <= z). Aiming at t = z instead
-  (spending the noise allowance) cost the top task over `nmtrec bench priority`'s worlds.
+  an epoch is feasible when no higher task is worse on average (t <= feasible_z, 0 by default; z is
+  the audits' allowance). Aiming at t = z instead (spending the noise allowance) cost the top task over
+  `nmtrec bench priority`'s worlds.
 - `valid`: one validation batch per step against the frozen validation loss (the loop passes its
   losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
   One batch's loss is a noisy estimate of f_j, so these updates follow g_j, an exponential moving
@@ -44,12 +56,17 @@ class NMTStage(Objective):
     def __init__(self, task: int, frozen: dict[int, float], lambda_init: float, tau: float = 0.05,
                  tolerance: float | dict[int, float] = 0.0, ema: float = 0.9, update: str = "gradient",
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
-                 measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1):
+                 measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1,
+                 anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None):
         """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
         with measure "valid" on validation batches (the loop passes their losses to after_step), with
         "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
-        early-stopping score (not used by "paired", whose bound is z standard errors)."""
+        early-stopping score (not used by "paired", whose bound is feasible_z standard errors, default z).
+        anchor/higher_weight: see the module docstring; "distill" needs the loop to pass `divergence`."""
         self.task = task
+        self.anchor, self.higher_weight = anchor, higher_weight
+        self.needs_teacher = anchor == "distill"
+        self.feasible_z = z if feasible_z is None else feasible_z
         self.measure = measure
         self.needs_held_out_losses = measure == "valid"
         self.needs_paired_checks = measure == "paired"
@@ -72,10 +89,19 @@ class NMTStage(Objective):
         """What the stage minimises besides the constraints (FAMO+NMT replaces it)."""
         return task_losses[self.task]
 
-    def loss(self, task_losses):
-        slack = task_losses[self.constrained] - (self.frozen + self.tolerance).to(task_losses)
+    def loss(self, task_losses, divergence: torch.Tensor | None = None):
+        """divergence: [num constrained] the higher tasks' divergence from the previous stage's model on
+        this batch (anchor "distill")."""
+        if self.needs_teacher:
+            if divergence is None:
+                raise ValueError("nmt.anchor 'distill' needs the previous stage's predictions on the batch")
+            term = divergence.to(task_losses)
+        else:
+            term = task_losses[self.constrained] - (self.frozen + self.tolerance).to(task_losses)
         lam = self.lam.to(task_losses)
-        return (self.task_part(task_losses) + (lam * slack).sum()) / (1.0 + lam.sum())
+        kept = self.higher_weight * task_losses[self.constrained].sum() if self.higher_weight else 0.0
+        weight = 1.0 + self.higher_weight * len(self.constrained) + lam.sum()
+        return (self.task_part(task_losses) + kept + (lam * term).sum()) / weight
 
     def after_step(self, task_losses, post_losses=None, held_out=None):
         if self.needs_paired_checks:  # the multipliers move in after_check
@@ -87,10 +113,10 @@ class NMTStage(Objective):
 
     def after_check(self, checks: dict, step_multipliers: bool = True):
         """A paired measurement {j: Paired} of every constrained task on the validation split; the
-        multipliers follow its standardized excess t_j - z (clipped), the early-stopping score reads it."""
+        multipliers follow its standardized change t_j (clipped), the early-stopping score reads it."""
         self.checks = checks
-        # the multipliers aim at the frozen quality itself (t = 0); z is the noise allowance of the
-        # early-stopping feasibility and the audit, not a budget to spend on the stage's task
+        # the multipliers aim at the frozen quality itself (t = 0); z is the audits' noise allowance,
+        # not a budget to spend on the stage's task
         t = torch.tensor([checks[j].t() for j in self.constrained], dtype=torch.float64)
         self.violation = t
         if step_multipliers:
@@ -99,10 +125,13 @@ class NMTStage(Objective):
     def valid_score(self, valid_losses):
         """Lexicographic early-stopping score: among epochs whose higher-priority tasks stay within
         tolerance of their frozen quality, the lowest f_k; an epoch that breaks a constraint ranks
-        after every feasible one (by its total excess). Paired: within z standard errors of the
-        frozen model on the same validation rows (the loop checks right before asking)."""
+        after every feasible one (by its total excess). Paired: within feasible_z standard errors of
+        the frozen model on the same validation rows (the loop checks right before asking). The stage
+        keeps the feasible epoch with the best f_k, a selection among many epochs: an allowance of z
+        errors there is spent by the selection, so by default an epoch must be no worse on average
+        (feasible_z 0) and z is left to the audits, which see the test split once."""
         if self.needs_paired_checks:
-            excess = sum(max(0.0, c.t() - self.z) for c in self.checks.values()) if self.checks else 0.0
+            excess = sum(max(0.0, c.t() - self.feasible_z) for c in self.checks.values()) if self.checks else 0.0
         else:
             excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
                          for j, v in self.frozen_valid.items())

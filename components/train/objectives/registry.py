@@ -28,6 +28,7 @@ def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], 
               update=nmt_cfg.multiplier, frozen_valid=frozen_valid, valid_tolerance=valid_tolerance,
               measure=nmt_cfg.constraint_data, steps_per_epoch=steps_per_epoch, z=nmt_cfg.z,
               checks_per_epoch=nmt_cfg.checks_per_epoch)
-    if method == "famo+nmt":
+    if method == "famo+nmt":  # the paper's form: FAMO balances f_k against the loss constraint term
         return FAMONMTStage(stage, frozen, **kw)
-    return NMTStage(stage, frozen, **kw)
+    return NMTStage(stage, frozen, anchor=nmt_cfg.anchor, higher_weight=nmt_cfg.higher_weight,
+                    feasible_z=nmt_cfg.feasible_z, **kw)
