@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nmtrec.components.common.config import NMT_PRESETS, Config, load_config
+from nmtrec.components.common.files import write_text_atomic
 
 ETAS = (1e-4, 5e-4, 1e-3)  # train.lr, the paper's grid
 TAUS = (1e-2, 5e-2, 1e-1)  # nmt.tau, the paper's grid
@@ -77,6 +78,24 @@ def stage2(cfg: Config, dataset: str, first: str, out: str, seeds: list[int]) ->
             "runs": runs}
 
 
+def markdown(result: dict, rows: list, tasks: list[str]) -> str:
+    """The README block (`make readme-figures` copies it): every setting's mean test AUC, then the verdict."""
+    lines = [f"Mean test AUC over stage-2 seeds {', '.join(map(str, result['seeds']))} (± sd) on "
+             f"`{result['config']}`{' (--quick)' if result['quick'] else ''}; grid: `nmt.preset: paper`, "
+             f"η = train.lr; {result['seconds']:.0f} s on 2 cores.", "",
+             "| setting | " + " | ".join(f"{t} AUC" for t in tasks) + " | audits |",
+             "|---|" + "---|" * len(tasks) + "---|"]
+    for name, r in rows:
+        mark = " (best, chosen on validation)" if name == result["best_grid_point"] else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(f"{r['test_auc'][t]:.4f} ± {r['test_auc_sd'][t]:.4f}"
+                                                     for t in tasks)
+                     + f" | {'pass' if r['audit_passed'] else 'breach'} |")
+    gaps = ", ".join(f"{t} {g:+.4f}" for t, g in result["auc_gap_vs_best"].items())
+    lines += ["", f"default − best grid point: {gaps}; "
+                  f"{'passes' if result['passed'] else 'fails'} (margin {result['margin']})."]
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> int:
     from nmtrec.components.common.logs import setup_logging
     from nmtrec.components.train.stage import run_stage
@@ -115,10 +134,11 @@ def run(args) -> int:
               "paper_preset": NMT_PRESETS["paper"], "grid_axes": {"eta": list(etas), "tau": list(taus)},
               "default": default, "grid": grid, "best_grid_point": best_key, "auc_gap_vs_best": gaps,
               "margin": MARGIN, "passed": passed, "seconds": time.time() - started}
-    (out / "bench_nmt.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(out / "bench_nmt.json", json.dumps(result, indent=2))
+    rows = [(f"default (lr {cfg.train.lr:g})", default)] + list(grid.items())
+    write_text_atomic(out / "bench_nmt.md", markdown(result, rows, cfg.tasks))
     print(f"mean test AUC over {len(seeds)} stage-2 seed(s) (+- sd); grid: nmt.preset paper, eta = train.lr")
     print(f"{'setting':<26}" + "".join(f"{t + ' AUC':>18}" for t in cfg.tasks) + f"{'audit':>8}{'s':>6}")
-    rows = [(f"default (lr {cfg.train.lr:g})", default)] + list(grid.items())
     for name, r in rows:
         mark = " *" if name == best_key else ""
         print(f"{name + mark:<26}"

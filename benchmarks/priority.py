@@ -399,12 +399,15 @@ def print_table(judged: dict, tasks_of: dict, oracle: dict) -> None:
           "A: no audit breach (else breaches/seeds)")
 
 
-def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: list[int], sets: str) -> str:
+def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: list[int], sets: str,
+             train_seconds: float = 0.0) -> str:
     """The README block (`make readme-figures` copies it): one row per world, then the fractions."""
     yes = {True: "ok", False: "**no**"}
     lines = [f"Seed means over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), test split; "
              f"{summary['worlds']} worlds; "
-             f"settings: {sets or 'configs/bench_priority.yaml as is'}; {summary['seconds']:.0f} s on 2 cores.", "",
+             f"settings: {sets or 'configs/bench_priority.yaml as is'}; training time of these results "
+             f"{train_seconds:.0f} s summed over units (2 workers on 2 cores; this run's wall time "
+             f"{summary['seconds']:.0f} s, less where results came from the cache).", "",
              "| world | tasks | single p | nmt p | gap | nmt s | best grid s* | dominated by | P | S | A |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for w, j in judged.items():
@@ -656,7 +659,8 @@ def run(args) -> int:
     print(f"audit read from: {', '.join(audit_sources) or '-'};  training time summed over units: "
           f"{train_seconds:.0f} s;  wall: {seconds:.0f} s;  load average now: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    write_text_atomic(output / "priority.md", markdown(judged, tasks_of, summary, seeds, set_text))
+    write_text_atomic(output / "priority.md", markdown(judged, tasks_of, summary, seeds, set_text,
+                                                                train_seconds))
     print(f"plot: {png}   results: {output / 'priority.json'}   table: {output / 'priority.md'}")
     last = {k: summary[k] for k in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
                                     "secondary_ok_fraction", "audit_ok_fraction")}

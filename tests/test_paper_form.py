@@ -185,3 +185,21 @@ def test_famo_nmt_stage_trains_with_the_paper_preset(tiny_dataset, tmp_path):
     lam = [row.get(0, row.get("0")) for row in history["lambda"]]  # {task index: lambda} per step
     assert len(lam) == len(history["step"]) > 0 and min(lam) >= 0.0 and lam[0] != 1.0  # plain ascent moved it
     assert "held_out" not in history  # training-loss constraints
+
+
+def test_bench_nmt_markdown_lists_every_setting_and_the_verdict():
+    from conftest import import_benchmark
+
+    bench = import_benchmark("nmt")
+    r = lambda a, b, ok=True: {"test_auc": {"like": a, "click": b}, "test_auc_sd": {"like": 0.001, "click": 0.002},  # noqa: E731
+                               "audit_passed": ok}
+    rows = [("default (lr 0.005)", r(0.77, 0.78)), ("eta=0.0001,tau=0.01", r(0.76, 0.79, False)),
+            ("eta=0.001,tau=0.1", r(0.765, 0.775))]
+    result = {"seeds": [7, 1007], "config": "configs/demo.yaml", "quick": False, "seconds": 12.0,
+              "best_grid_point": "eta=0.001,tau=0.1", "auc_gap_vs_best": {"like": 0.005, "click": 0.005},
+              "margin": 0.002, "passed": True}
+    md = bench.markdown(result, rows, ["like", "click"]).splitlines()
+    assert md[2] == "| setting | like AUC | click AUC | audits |"
+    assert md[4] == "| default (lr 0.005) | 0.7700 ± 0.0010 | 0.7800 ± 0.0020 | pass |"
+    assert md[5].endswith("| breach |") and "(best, chosen on validation)" in md[6]
+    assert md[-1] == "default − best grid point: like +0.0050, click +0.0050; passes (margin 0.002)."
