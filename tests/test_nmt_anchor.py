@@ -85,3 +85,27 @@ def test_fresh_stage_starts_anew_and_the_anchor_pulls_it_to_the_teacher(tiny_cfg
     gap = lambda p: float(np.mean(np.abs(p - ref[:, 0])))  # noqa: E731
     assert gap(anchored) < 0.5 * gap(free)
     assert gap(anchored) > 1e-4  # a fresh model, not stage 1's continued and left alone
+
+
+def test_catch_up_holds_lambda_while_the_higher_task_still_improves():
+    """nmt.catch_up: a check whose mean change is a new low feeds no excess (t clipped at 0); once the change
+    stops shrinking, the excess counts as without it."""
+    class Check:
+        def __init__(self, mean, se=0.01):
+            self.mean, self.se = mean, se
+
+        def t(self):
+            return self.mean / self.se
+
+    def run(catch_up):
+        obj = NMTStage(1, {0: 0.2}, lambda_init=1.0, measure="paired", catch_up=catch_up)
+        lams = []
+        for mean in (0.05, 0.03, 0.02, 0.025, 0.025):  # improving, improving, improving, stalled, stalled
+            obj.after_check({0: Check(mean)})
+            lams.append(float(obj.lam[0]))
+        return lams
+
+    held, plain = run(True), run(False)
+    assert held[:3] == [1.0, 1.0, 1.0]  # still catching up: lambda stays where it started
+    assert held[3] > 1.0 and held[4] > held[3]  # stalled above the frozen model: lambda rises
+    assert plain[0] > 1.0  # without catch-up the first excess raises it at once

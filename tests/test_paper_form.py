@@ -13,7 +13,7 @@ PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warm
 # the keys the paper preset leaves as configured: the paper's own knobs (tau, lambda_init, r), the audit
 # switch, the preset itself, and keys that only the `paired` measurement reads (the preset measures `train`)
 AS_CONFIGURED = {"tau", "lambda_init", "tolerance", "relative_tolerance", "fail_on_breach", "preset", "z",
-                 "checks_per_epoch", "feasible_z"}
+                 "checks_per_epoch", "feasible_z", "catch_up"}
 
 
 # --- the preset --------------------------------------------------------------------------------------

@@ -172,6 +172,9 @@ class NMTConfig(_Strict):
     # paired: an epoch is a candidate for the stage's early stopping when no higher task's paired t
     # exceeds this (0: not worse on average on validation; the audits keep z)
     feasible_z: float = 0.0
+    # paired: a multiplier does not rise while its task's mean paired change still reaches new lows (a fresh
+    # stage k is catching up with the higher tasks; only an excess that has stopped shrinking is a conflict)
+    catch_up: bool = True
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)

@@ -57,7 +57,8 @@ class NMTStage(Objective):
                  tolerance: float | dict[int, float] = 0.0, ema: float = 0.9, update: str = "gradient",
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
                  measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1,
-                 anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None):
+                 anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None,
+                 catch_up: bool = False):
         """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
         with measure "valid" on validation batches (the loop passes their losses to after_step), with
         "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
@@ -67,6 +68,7 @@ class NMTStage(Objective):
         self.anchor, self.higher_weight = anchor, higher_weight
         self.needs_teacher = anchor == "distill"
         self.feasible_z = z if feasible_z is None else feasible_z
+        self.catch_up, self.lowest = catch_up, {}  # paired: each task's lowest mean change so far
         self.measure = measure
         self.needs_held_out_losses = measure == "valid"
         self.needs_paired_checks = measure == "paired"
@@ -118,6 +120,11 @@ class NMTStage(Objective):
         # the multipliers aim at the frozen quality itself (t = 0); z is the audits' noise allowance,
         # not a budget to spend on the stage's task
         t = torch.tensor([checks[j].t() for j in self.constrained], dtype=torch.float64)
+        if self.catch_up:
+            for i, j in enumerate(self.constrained):
+                if j not in self.lowest or checks[j].mean < self.lowest[j]:
+                    self.lowest[j] = checks[j].mean
+                    t[i] = min(float(t[i]), 0.0)
         self.violation = t
         if step_multipliers:
             self.lam = self.update.step(t.clamp(-STANDARDIZED_CLIP, STANDARDIZED_CLIP), torch.ones_like(t))

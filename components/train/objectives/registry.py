@@ -31,4 +31,4 @@ def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], 
     if method == "famo+nmt":  # the paper's form: FAMO balances f_k against the loss constraint term
         return FAMONMTStage(stage, frozen, **kw)
     return NMTStage(stage, frozen, anchor=nmt_cfg.anchor, higher_weight=nmt_cfg.higher_weight,
-                    feasible_z=nmt_cfg.feasible_z, **kw)
+                    feasible_z=nmt_cfg.feasible_z, catch_up=nmt_cfg.catch_up, **kw)
