@@ -73,10 +73,10 @@ def objective_loss(model, objective, kjt, labels, where: str, loss_fn=task_losse
 
 
 def train_step(model, dense_opt, objective, kjt, labels, where: str = "", loss_fn=task_losses,
-               warmup=None, teacher=None) -> torch.Tensor:
+               warmup=None) -> torch.Tensor:
     """One optimiser step (the embeddings update inside backward, fused); returns the task losses.
     During a warm-up only the stage task's own parameters move."""
-    loss, losses = objective_loss(model, objective, kjt, labels, where, loss_fn, warmup, teacher)
+    loss, losses = objective_loss(model, objective, kjt, labels, where, loss_fn, warmup)
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
     if warmup is not None:

@@ -65,7 +65,7 @@ class NMTStage(Objective):
         early-stopping score (not used by "paired", whose bound is feasible_z standard errors, default z).
         anchor/higher_weight: see the module docstring; "distill" needs the loop to pass `divergence`."""
         self.task = task
-        self.anchor, self.higher_weight = anchor, higher_weight
+        self.higher_weight = higher_weight
         self.needs_teacher = anchor == "distill"
         self.feasible_z = z if feasible_z is None else feasible_z
         self.catch_up, self.lowest = catch_up, {}  # paired: each task's lowest mean change so far
