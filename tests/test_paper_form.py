@@ -11,9 +11,10 @@ from nmtrec.components.common.config import NMT_PRESETS, Config, ConfigError, NM
 PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
          "init": "previous", "anchor": "loss", "higher_weight": 0.0}
 # the keys the paper preset leaves as configured: the paper's own knobs (tau, lambda_init, r), the audit
-# switch, the preset itself, and keys that only the `paired` measurement reads (the preset measures `train`)
+# switch, the preset itself, keys that only the `paired` measurement reads (the preset measures `train`), and
+# what patience counts (the paper trains a fixed number of epochs; every nmtrec stage stops on validation)
 AS_CONFIGURED = {"tau", "lambda_init", "tolerance", "relative_tolerance", "fail_on_breach", "preset", "z",
-                 "checks_per_epoch", "feasible_z", "catch_up"}
+                 "checks_per_epoch", "feasible_z", "catch_up", "patience_on"}
 
 
 # --- the preset --------------------------------------------------------------------------------------

@@ -95,6 +95,29 @@ def global_losses(losses: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class EarlyStopping:
+    """Keeps the epoch with the best validation score; stops once the objective's progress score has not
+    improved for more than `patience` epochs. The two differ for NMT stages (objectives/nmt.py), whose
+    best feasible epoch is kept while training goes on as long as the stage task still improves."""
+
+    def __init__(self, patience: int, best: float = math.inf, best_progress: float = math.inf, bad: int = 0):
+        self.patience, self.best, self.best_progress, self.bad = patience, best, best_progress, bad
+
+    def update(self, score: float, progress: float) -> tuple[bool, bool]:
+        """(keep this epoch, stop after it)."""
+        keep = score < self.best - 1e-6
+        if keep:
+            self.best = score
+        if progress < self.best_progress - 1e-6:
+            self.best_progress, self.bad = progress, 0
+        else:
+            self.bad += 1
+        return keep, self.bad > self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_progress": self.best_progress, "bad": self.bad}
+
+
 class HeldOutStream:
     """One validation batch's losses per training step, for objectives whose state follows held-out
     data (NMT's multipliers). Step s reads batch s of an endless stream of reshuffled passes, so a
@@ -153,9 +176,11 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
         raise ValueError(f"{label}: the objective weighs a teacher's predictions but none was given")
     pipelined = use_sparse_dist_pipeline(device, objective, held_out)
     steps = (PipelinedSteps if pipelined else PlainSteps)(model, dense_opt, device)
-    best, bad, step, first_epoch, skip = math.inf, 0, 0, 0, 0
+    stopping, step, first_epoch, skip = EarlyStopping(patience), 0, 0, 0
     if resumer is not None and (progress := resumer.load(model, dense_opt, objective)) is not None:
-        history, best, bad, step = progress["history"], progress["best"], progress["bad"], progress["step"]
+        history, step = progress["history"], progress["step"]
+        stopping = EarlyStopping(patience, progress["best"], progress.get("best_progress", progress["best"]),
+                                 progress["bad"])
         first_epoch, skip = progress["epoch"], progress["pos"]
     check_every = max(1, steps_per_epoch // max(1, checks_per_epoch))
 
@@ -215,8 +240,8 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
                 check(step)
                 history["lambda"][-1] = objective.state().get("lambda", {})  # the step's λ after its check
             if resumer is not None and resumer.due(step):
-                resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step, "best": best,
-                                                            "bad": bad, "history": history})
+                resumer.save(model, dense_opt, objective, {"epoch": epoch, "pos": pos, "step": step,
+                                                            "history": history, **stopping.state()})
         stream.close()
         bar.close()
         seconds = time.perf_counter() - began
@@ -233,14 +258,12 @@ def fit_epochs(model, dense_opt, objective, train: ParquetSplit, valid: ParquetS
         if rank == 0:
             log.info("%s epoch %d: valid loss %s (score %.5f; %d steps in %.1f s)", label, epoch + 1,
                      [round(float(x), 5) for x in val], score, timed_steps, seconds)
-        if score < best - 1e-6:
-            best, bad = score, 0
+        keep, stop = stopping.update(score, objective.progress_score(val))
+        if keep:
             checkpoint.save(best_dir, model, meta.updated(epoch=epoch + 1, step=step), unsharded=False)
-        else:
-            bad += 1
-            if bad > patience:
-                break
+        if stop:
+            break
     checkpoint.load_into(best_dir, model)
-    history["best_valid_loss"] = best
+    history["best_valid_loss"] = stopping.best
     history["epochs"] = epoch + 1
     return history

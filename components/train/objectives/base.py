@@ -30,6 +30,11 @@ class Objective:
         """Validation score to minimise for early stopping (default: the mean task loss)."""
         return float(valid_losses.double().mean())
 
+    def progress_score(self, valid_losses: torch.Tensor) -> float:
+        """What early stopping's patience follows: training stops once this has not improved for
+        `train.patience` epochs (default: the valid_score itself)."""
+        return self.valid_score(valid_losses)
+
     def state(self) -> dict:
         """Scalars worth logging (e.g. multipliers)."""
         return {}

@@ -58,7 +58,7 @@ class NMTStage(Objective):
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
                  measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1,
                  anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None,
-                 catch_up: bool = False):
+                 catch_up: bool = False, patience_on: str = "score"):
         """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
         with measure "valid" on validation batches (the loop passes their losses to after_step), with
         "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
@@ -69,6 +69,7 @@ class NMTStage(Objective):
         self.needs_teacher = anchor == "distill"
         self.feasible_z = z if feasible_z is None else feasible_z
         self.catch_up, self.lowest = catch_up, {}  # paired: each task's lowest mean change so far
+        self.patience_on = patience_on
         self.measure = measure
         self.needs_held_out_losses = measure == "valid"
         self.needs_paired_checks = measure == "paired"
@@ -143,6 +144,14 @@ class NMTStage(Objective):
             excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
                          for j, v in self.frozen_valid.items())
         return float(valid_losses[self.task]) if excess == 0 else INFEASIBLE + excess
+
+    def progress_score(self, valid_losses):
+        """nmt.patience_on "task": the stage task's loss, feasible or not (while lambda holds a binding
+        constraint near t = 0 about half the epochs are infeasible; a run of them must not end a stage
+        whose task still improves)."""
+        if self.patience_on == "task":
+            return float(valid_losses[self.task])
+        return self.valid_score(valid_losses)
 
     def state(self):
         return {"lambda": {j: float(v) for j, v in zip(self.constrained, self.lam)}}

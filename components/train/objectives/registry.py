@@ -27,7 +27,7 @@ def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], 
     kw = dict(lambda_init=nmt_cfg.lambda_init, tau=nmt_cfg.tau, tolerance=tolerance, ema=nmt_cfg.ema,
               update=nmt_cfg.multiplier, frozen_valid=frozen_valid, valid_tolerance=valid_tolerance,
               measure=nmt_cfg.constraint_data, steps_per_epoch=steps_per_epoch, z=nmt_cfg.z,
-              checks_per_epoch=nmt_cfg.checks_per_epoch)
+              checks_per_epoch=nmt_cfg.checks_per_epoch, patience_on=nmt_cfg.patience_on)
     if method == "famo+nmt":  # the paper's form: FAMO balances f_k against the loss constraint term
         return FAMONMTStage(stage, frozen, **kw)
     return NMTStage(stage, frozen, anchor=nmt_cfg.anchor, higher_weight=nmt_cfg.higher_weight,
