@@ -1,6 +1,6 @@
 """Early stopping: the kept epoch follows the objective's validation score, patience its progress score.
 For every objective but an NMT stage the two are the same and the rule is the plain one; an NMT stage
-(nmt.patience_on: task) trains on while its own task improves, keeping its best feasible epoch."""
+(nmt.patience_on: kept_or_task) trains on while its own task improves, keeping its best feasible epoch."""
 import random
 
 import torch
@@ -52,11 +52,11 @@ def test_same_scores_give_the_plain_rule():
 
 
 def test_nmt_stage_trains_on_through_infeasible_epochs_while_its_task_improves():
-    """Epochs 2-4 break the constraint (t > 0) while f_k keeps falling: with patience_on "score" the stage
-    stops after epoch 4 keeping epoch 1; with "task" it reaches the feasible epoch 5 and keeps it."""
+    """Epochs 2-4 break the constraint (t > 0) while f_k keeps falling: with patience_on "kept" the stage
+    stops after epoch 4 keeping epoch 1; with "kept_or_task" it reaches the feasible epoch 5 and keeps it."""
     f_k = [0.50, 0.49, 0.48, 0.47, 0.46, 0.465, 0.47, 0.475]
     t = [-1.0, 0.5, 0.4, 0.3, -0.2, -0.5, -0.5, -0.5]
-    for patience_on, expected in (("score", (0, 4)), ("task", (4, 8))):
+    for patience_on, expected in (("kept", (0, 4)), ("kept_or_task", (4, 8))):
         obj = NMTStage(1, {0: 0.2}, lambda_init=0.0, measure="paired", feasible_z=0.0, patience_on=patience_on)
         stopping, kept, ran = EarlyStopping(patience=2), None, len(f_k)
         for epoch, (loss, tj) in enumerate(zip(f_k, t)):
@@ -78,3 +78,12 @@ def test_resumed_stopping_continues_the_same_count():
         a.update(s, p)
     b = EarlyStopping(1, **a.state())
     assert b.state() == a.state() and b.update(1e3, 3.2) == a.update(1e3, 3.2) == (False, True)
+
+
+def test_a_new_kept_epoch_also_resets_patience():
+    """The task stalls from epoch 2 but later epochs become feasible one by one (a conflict the multipliers
+    resolve slowly): each new kept epoch restarts the count, so the stage reaches them."""
+    scores = [INFEASIBLE + 3, INFEASIBLE + 2.5, INFEASIBLE + 2.6, INFEASIBLE + 2, INFEASIBLE + 2.2, 0.52, 0.53, 0.53, 0.53]
+    progress = [0.50, 0.51, 0.52, 0.52, 0.53, 0.52, 0.53, 0.53, 0.53]
+    assert run(EarlyStopping(1), scores, progress) == (5, 8)
+    assert run(EarlyStopping(1), progress, progress) == (0, 3)  # the task's loss alone stops after epoch 3

@@ -106,3 +106,29 @@ def test_warmup_keeps_the_higher_task_bit_identical_and_stage_audits_out_of_samp
     assert set(paired.load_rows(tmp_path / "s2", "valid")) == {"like", "click"}
     assert set(paired.load_rows(tmp_path / "s2", "test", paired.scores_file)) == {"like", "click"}
     assert m.frozen_test_auc["like"] == pytest.approx(test["frozen_auc"])
+
+
+def test_pairwise_standard_error_matches_the_spread_over_resampled_data(monkeypatch):
+    """A `pairwise` task's per-row losses share pairs: over 300 independent draws of a split (5 % positives,
+    four chunks) the spread of the paired mean change equals compare's DeLong standard error, while the
+    rows-as-independent formula understates it."""
+    monkeypatch.setattr(paired, "CHUNK", 1024)
+    rng = np.random.default_rng(0)
+    changes, se_delong, se_rows = [], [], []
+    for _ in range(300):
+        n = 4 * paired.CHUNK
+        y = (rng.random(n) < 0.05).astype(np.float64)
+        signal = rng.normal(size=n) + 1.2 * y
+        reference = signal + rng.normal(scale=0.5, size=n)
+        current = signal + rng.normal(scale=0.5, size=n) + 0.3 * y * rng.normal(size=n)
+        rows_ref = paired.row_losses(reference[:, None], y[:, None], "pairwise")[:, 0]
+        rows_now = paired.row_losses(current[:, None], y[:, None], "pairwise")[:, 0]
+        rows_ref = rows_ref.astype(np.float32).astype(np.float64)  # the stored precision
+        c = paired.compare(rows_now, rows_ref, positive=paired.pairwise_positives("pairwise", y[:, None], 0))
+        changes.append(c.mean)
+        se_delong.append(c.se)
+        se_rows.append(paired.compare(rows_now, rows_ref).se)
+    spread = np.std(changes, ddof=1)
+    assert 0.8 < np.mean(se_delong) / spread < 1.25
+    assert np.mean(se_rows) / spread < 0.6
+    assert paired.pairwise_positives(["bce", "pairwise"], y[:, None].repeat(2, 1), 0) is None

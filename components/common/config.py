@@ -175,11 +175,11 @@ class NMTConfig(_Strict):
     # paired: a multiplier does not rise while its task's mean paired change still reaches new lows (a fresh
     # stage k is catching up with the higher tasks; only an excess that has stopped shrinking is a conflict)
     catch_up: bool = True
-    # what train.patience counts in stage k: "task" (epochs without a new best validation f_k: the stage trains
-    # on while its task improves and keeps its best feasible epoch; the multipliers hold the higher tasks
-    # near their frozen quality, so about half the epochs of a binding constraint are infeasible) or
-    # "score" (epochs without a new kept epoch: a run of infeasible epochs ends the stage)
-    patience_on: Literal["task", "score"] = "task"
+    # what ends stage k: train.patience epochs in a row without a new kept (best feasible) epoch ("kept"), or
+    # without either that or a new best validation f_k ("kept_or_task": while lambda holds a binding
+    # constraint near its frozen quality about half the epochs are infeasible; the stage trains on while its
+    # task still improves)
+    patience_on: Literal["kept_or_task", "kept"] = "kept_or_task"
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)

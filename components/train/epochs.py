@@ -96,9 +96,10 @@ def global_losses(losses: torch.Tensor) -> torch.Tensor:
 
 
 class EarlyStopping:
-    """Keeps the epoch with the best validation score; stops once the objective's progress score has not
-    improved for more than `patience` epochs. The two differ for NMT stages (objectives/nmt.py), whose
-    best feasible epoch is kept while training goes on as long as the stage task still improves."""
+    """Keeps the epoch with the best validation score; stops after more than `patience` epochs in a row
+    with neither a new best score nor a new best progress score. The two differ for NMT stages
+    (objectives/nmt.py): training goes on while the stage task still improves, even through epochs whose
+    constraints are broken, and while it gets closer to feasible."""
 
     def __init__(self, patience: int, best: float = math.inf, best_progress: float = math.inf, bad: int = 0):
         self.patience, self.best, self.best_progress, self.bad = patience, best, best_progress, bad
@@ -108,10 +109,10 @@ class EarlyStopping:
         keep = score < self.best - 1e-6
         if keep:
             self.best = score
-        if progress < self.best_progress - 1e-6:
-            self.best_progress, self.bad = progress, 0
-        else:
-            self.bad += 1
+        progressed = progress < self.best_progress - 1e-6
+        if progressed:
+            self.best_progress = progress
+        self.bad = 0 if keep or progressed else self.bad + 1
         return keep, self.bad > self.patience
 
     def state(self) -> dict:

@@ -84,13 +84,30 @@ class Paired:
         return 0.0 if excess <= 0 else float("inf")
 
 
-def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0) -> Paired:
+def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0,
+            positive: np.ndarray | None = None) -> Paired:
+    """Paired change of per-row losses. `positive` (a `pairwise` task's positive rows): a row's loss is
+    then its mean pair loss against the other class of its chunk, so the rows share pairs and are not
+    independent; the change is a two-sample U-statistic whose standard error is DeLong's, from the
+    positives' and the negatives' own spreads (sd/sqrt(rows) understates it, the more so the rarer a class)."""
     # both sides at the stored precision (float32): an unchanged model differs by exactly 0
     d = current.astype(np.float32).astype(np.float64) - reference
-    d = d[np.isfinite(d)]
+    finite = np.isfinite(d)
+    if positive is not None:
+        pos, neg = d[finite & positive], d[finite & ~positive]
+        if len(pos) > 1 and len(neg) > 1:
+            se = np.sqrt(pos.var(ddof=1) / len(pos) + neg.var(ddof=1) / len(neg))
+            return Paired(float(d[finite].mean()), float(se), int(finite.sum()), allowance)
+    d = d[finite]
     if len(d) < 2:
         return Paired(0.0, 0.0, len(d), allowance)
     return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d), allowance)
+
+
+def pairwise_positives(loss: str | list[str], labels: np.ndarray, task: int) -> np.ndarray | None:
+    """The positive rows of `task` when its loss is `pairwise` (for `compare`), else None."""
+    name = loss if isinstance(loss, str) else loss[task]
+    return labels[:, task] > 0.5 if name == "pairwise" else None
 
 
 def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,23 +162,29 @@ class PairedCheck:
         was_training = model.training
         rows = split_row_losses(model, self.valid, self.batch_size, self.loss)
         model.train(was_training)
-        return {j: compare(rows[:, j], ref, self.allowance.get(j, 0.0)) for j, ref in self.reference.items()}
+        return {j: compare(rows[:, j], ref, self.allowance.get(j, 0.0), pairwise_positives(self.loss, self.valid.labels, j))
+                for j, ref in self.reference.items()}
 
 
 def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.ndarray], auc_now: list[float],
                  frozen_auc: dict[str, float], z: float, lambdas: dict[str, float],
                  allowance: dict[str, float] | None = None, scores: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, frozen_scores: dict[str, np.ndarray] | None = None) -> list[dict]:
+                 labels: np.ndarray | None = None, frozen_scores: dict[str, np.ndarray] | None = None,
+                 loss: str | list[str] = "bce") -> list[dict]:
     """Every higher task's per-row losses now against its frozen model's on the same rows (components/
     train/paired.py): the mean difference, its standard error, t = mean / SE, and a breach when the task
     is significantly worse than its allowance r_j (mean - r_j > z * SE); AUC now vs the frozen model's on
     the same split, with DeLong's paired standard error where the frozen model's scores were kept
-    (`scores` [rows, outputs] and `labels` [rows, tasks] of the current model)."""
+    (`scores` [rows, outputs] and `labels` [rows, tasks] of the current model). `loss`: the tasks' losses
+    (a `pairwise` task's standard error needs `labels`)."""
     out = []
     for j, t in enumerate(higher):
         if t not in frozen_rows:
             continue
-        c = compare(rows[:, j], frozen_rows[t], (allowance or {}).get(t, 0.0))
+        positive = pairwise_positives(loss, labels, j) if labels is not None else None
+        if positive is None and (loss if isinstance(loss, str) else loss[j]) == "pairwise":
+            raise ValueError(f"paired audit of {t!r}: a pairwise task's standard error needs the labels")
+        c = compare(rows[:, j], frozen_rows[t], (allowance or {}).get(t, 0.0), positive)
         out.append({"task": t, "mean_loss_change": c.mean, "se": c.se, "t": c.t(), "rows": c.rows,
                     "tolerance": c.allowance + z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,

@@ -210,13 +210,13 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     if cfg.nmt.constraint_data == "paired":
         checks = paired.paired_audit(higher, rows["valid"], frozen_rows.get("valid", {}), valid_auc,
                                     frozen_valid_auc, cfg.nmt.z, lambdas, allowance, scores["valid"],
-                                    labels["valid"], frozen_scores.get("valid"))
+                                    labels["valid"], frozen_scores.get("valid"), task_loss_names(cfg))
     else:
         checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
                                         frozen_valid_auc, lambdas, vtol)
     test_audit = paired.paired_audit(higher, rows["test"], frozen_rows.get("test", {}), test_auc, frozen_test_auc,
                                     cfg.nmt.z, lambdas, allowance, scores["test"], labels["test"],
-                                    frozen_scores.get("test"))
+                                    frozen_scores.get("test"), task_loss_names(cfg))
     summary = StageSummary(
         task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
         tolerance=tol, constraint_audit=checks,

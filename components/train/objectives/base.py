@@ -31,8 +31,8 @@ class Objective:
         return float(valid_losses.double().mean())
 
     def progress_score(self, valid_losses: torch.Tensor) -> float:
-        """What early stopping's patience follows: training stops once this has not improved for
-        `train.patience` epochs (default: the valid_score itself)."""
+        """Besides the valid_score, what keeps training going (components/train/epochs.EarlyStopping): it
+        stops after `train.patience` epochs that improve neither (default: the valid_score itself)."""
         return self.valid_score(valid_losses)
 
     def state(self) -> dict:

@@ -58,7 +58,7 @@ class NMTStage(Objective):
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
                  measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1,
                  anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None,
-                 catch_up: bool = False, patience_on: str = "score"):
+                 catch_up: bool = False, patience_on: str = "kept"):
         """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
         with measure "valid" on validation batches (the loop passes their losses to after_step), with
         "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
@@ -146,10 +146,10 @@ class NMTStage(Objective):
         return float(valid_losses[self.task]) if excess == 0 else INFEASIBLE + excess
 
     def progress_score(self, valid_losses):
-        """nmt.patience_on "task": the stage task's loss, feasible or not (while lambda holds a binding
-        constraint near t = 0 about half the epochs are infeasible; a run of them must not end a stage
-        whose task still improves)."""
-        if self.patience_on == "task":
+        """nmt.patience_on "kept_or_task": the stage task's loss, feasible or not (while lambda holds a
+        binding constraint near t = 0 about half the epochs are infeasible; a run of them must not end a
+        stage whose task still improves)."""
+        if self.patience_on == "kept_or_task":
             return float(valid_losses[self.task])
         return self.valid_score(valid_losses)
 
