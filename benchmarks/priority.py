@@ -313,12 +313,13 @@ def seed_means(runs: list[dict], tasks: list[str]) -> dict:
     return {m: {t: _mean([r[m]["auc"].get(t) for r in runs if m in r]) for t in tasks} for m in methods}
 
 
-def judge_world(runs: list[dict], tasks: list[str], grid: list[str]) -> dict:
+def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str = "nmt") -> dict:
     """The four per-world criteria on the seed means. `runs`: one {method: {"auc": {...}, "breach"?}} per
-    seed; `grid`: the weight-grid method names in weight order (most weight on the primary first)."""
+    seed; `grid`: the weight-grid method names in weight order (most weight on the primary first);
+    `method`: the one judged (another than nmt gives the criteria's reference, see `reference_fractions`)."""
     p, s = tasks[0], tasks[1]
     mean = seed_means(runs, tasks)
-    nmt_p, nmt_s, single = mean["nmt"][p], mean["nmt"][s], mean["single_task"][p]
+    nmt_p, nmt_s, single = mean[method][p], mean[method][s], mean["single_task"][p]
     points = [(g, mean[g][p], mean[g][s]) for g in grid if g in mean]
     gap = nmt_p - single
     dominated_by = [g for g, gp, gs in points if gp >= nmt_p and gs >= nmt_s]
@@ -329,7 +330,7 @@ def judge_world(runs: list[dict], tasks: list[str], grid: list[str]) -> dict:
         best_name, best_s = best[0], best[2]
     else:
         secondary_ok, best_name, best_s = True, None, None
-    breaches = [bool(r["nmt"].get("breach")) for r in runs if "nmt" in r]
+    breaches = [bool(r[method].get("breach")) for r in runs if method in r]
     return {
         "seeds": len(runs), "mean_auc": mean, "single_primary": single, "nmt_primary": nmt_p,
         "nmt_secondary": nmt_s, "gap": gap, "primary_ok": gap >= PRIMARY_OK,
@@ -364,6 +365,24 @@ def summarize(judged: dict[str, dict], seconds: float) -> dict:
                       for k in ("primary_ok", "not_dominated", "secondary_ok", "audit_ok")}
     out["seconds"] = round(seconds, 1)
     return out
+
+
+REFERENCE = "equal_weights"
+
+
+def reference_fractions(worlds_runs: dict[str, list[dict]], tasks_of: dict, grid: list[str]) -> dict | None:
+    """The same criteria with equal weights in NMT's place: a static weighting that sits on the grid's own
+    curve (it is the 0.5:0.5 point up to scale), so what it scores on D and S is what seed noise alone
+    gives a method that is no better than the grid: the floor to read NMT's fractions against."""
+    judged = {w: judge_world(runs, tasks_of[w], grid, REFERENCE) for w, runs in worlds_runs.items()
+              if runs and all(REFERENCE in r for r in runs)}
+    if not judged:
+        return None
+    n = len(judged)
+    return {"method": REFERENCE, "worlds": n,
+            "mean_primary_gap": round(sum(j["gap"] for j in judged.values()) / n, 5),
+            **{f"{k}_fraction": sum(1 for j in judged.values() if j[k]) / n
+               for k in ("primary_ok", "not_dominated", "secondary_ok")}}
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -425,6 +444,12 @@ def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: list[int], sets
               f"{summary['audit_ok_fraction']:.2f}; targets met: {'yes' if summary['targets_met'] else '**no**'}.",
               "P: gap ≥ −0.005; S: nmt s ≥ best grid s* − 0.005 (s*: grid points with primary ≥ single − 0.002); "
               "A: no breach of the out-of-sample audit (breaches/seeds)."]
+    ref = summary.get("reference")
+    if ref:
+        lines.append(f"Reference, the same criteria with equal weights in NMT's place (a point on the grid's own "
+                     f"curve: what seed noise gives a method no better than the grid): gap "
+                     f"{ref['mean_primary_gap']:+.4f}, primary ok {ref['primary_ok_fraction']:.2f}, not dominated "
+                     f"{ref['not_dominated_fraction']:.2f}, secondary ok {ref['secondary_ok_fraction']:.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -622,7 +647,7 @@ def run(args) -> int:
 
     # 3. aggregate this configuration's results
     results = _load_results(output)
-    judged, tasks_of, per_world, incomplete = {}, {}, {}, []
+    judged, tasks_of, per_world, incomplete, worlds_runs = {}, {}, {}, [], {}
     for w in worlds:
         cfg = cfgs[w.name]
         runs = []
@@ -636,6 +661,7 @@ def run(args) -> int:
             continue
         tasks_of[w.name] = cfg.tasks[:2]
         judged[w.name] = judge_world(runs, cfg.tasks[:2], grid_methods)
+        worlds_runs[w.name] = runs
         per_world[w.name] = {"setting": w.setting, "world_seed": w.seed, "tasks": cfg.tasks[:2],
                              "data": infos.get(w.name), "seeds": {str(r["nmt"]["seed"]): r for r in runs},
                              "judged": judged[w.name]}
@@ -646,6 +672,7 @@ def run(args) -> int:
     png = output / "priority.png"
     plot(judged, tasks_of, grid_methods, png)
     summary = summarize(judged, seconds)
+    summary["reference"] = reference_fractions(worlds_runs, tasks_of, grid_methods)
     train_seconds = sum(r["seconds"] for pw in per_world.values() for run_ in pw["seeds"].values()
                         for r in run_.values())
     audit_sources = sorted({r.get("audit_source") for pw in per_world.values() for run_ in pw["seeds"].values()
@@ -666,7 +693,7 @@ def run(args) -> int:
                                     "secondary_ok_fraction", "audit_ok_fraction")}
     last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid), "incomplete": incomplete,
                  "sets": set_text, "audit_source": audit_sources, "failing": summary["failing"],
-                 "seconds": summary["seconds"]})
+                 "seconds": summary["seconds"], "reference": summary["reference"]})
     print(json.dumps(last))
     return 1 if args.strict and not summary["targets_met"] else 0
 

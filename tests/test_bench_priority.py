@@ -94,6 +94,22 @@ def test_summary_fractions_and_targets():
     assert good["targets_met"]
 
 
+def test_reference_fractions_judge_equal_weights_in_nmts_place():
+    """w1: equal weights sits on the grid's curve between two points, dominated by neither; w2: below the
+    curve, dominated (by the 0.7:0.3 and 0.5:0.5 points). Both lose over 0.005 of the primary."""
+    runs = {"w1": [seed(0.760, (0.759, 0.74), TRADE, equal=(0.745, 0.77))],
+            "w2": [seed(0.760, (0.759, 0.74), TRADE, equal=(0.735, 0.74))]}
+    ref = priority.reference_fractions(runs, {"w1": TASKS, "w2": TASKS}, GRID)
+    assert ref["method"] == "equal_weights" and ref["worlds"] == 2
+    assert ref["mean_primary_gap"] == pytest.approx((-0.015 - 0.025) / 2)
+    assert ref["not_dominated_fraction"] == 0.5 and ref["primary_ok_fraction"] == 0.0
+    assert ref["secondary_ok_fraction"] == 1.0  # the one qualifying point (0.9:0.1) has secondary 0.70
+    md = priority.markdown({}, {}, {**priority.summarize({}, 1.0), "mean_primary_gap": 0.0, "primary_ok_fraction": 0.0,
+                                    "not_dominated_fraction": 0.0, "secondary_ok_fraction": 0.0,
+                                    "audit_ok_fraction": 0.0, "reference": ref}, [1], "")
+    assert "equal weights in NMT's place" in md and "not dominated 0.50" in md
+
+
 def test_set_overrides_and_world_configs():
     import yaml
 
