@@ -132,3 +132,27 @@ def test_pairwise_standard_error_matches_the_spread_over_resampled_data(monkeypa
     assert 0.8 < np.mean(se_delong) / spread < 1.25
     assert np.mean(se_rows) / spread < 0.6
     assert paired.pairwise_positives(["bce", "pairwise"], y[:, None].repeat(2, 1), 0) is None
+
+
+def test_ranking_task_is_checked_by_its_paired_auc_change(monkeypatch):
+    """nmt.rank_by_auc: a pairwise task in `ranking_reference` is judged by the AUC it lost against its frozen
+    scores on the same rows (sklearn's AUCs), the other task by its per-row losses as before."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    labels = (rng.random((n, 2)) < 0.1).astype(np.float32)
+    reference = rng.normal(size=n) + 1.5 * labels[:, 0]
+    now = np.stack([reference + rng.normal(scale=0.8, size=n), rng.normal(size=n) + labels[:, 1]], 1)
+    monkeypatch.setattr(paired, "split_scores", lambda model, split, batch_size: now)
+    frozen_rows = paired.row_losses(np.stack([reference, reference], 1), labels, "pairwise")
+    check = paired.PairedCheck(SimpleNamespace(labels=labels), {0: frozen_rows[:, 0], 1: frozen_rows[:, 1]}, 512,
+                               "pairwise", ranking_reference={0: reference})
+    model = torch.nn.Linear(1, 1)
+    got = check.measure(model)
+    lost = roc_auc_score(labels[:, 0], reference) - roc_auc_score(labels[:, 0], now[:, 0])
+    assert got[0].mean == pytest.approx(lost, abs=1e-9) and lost > 0 and got[0].t() > 2
+    rows_now = paired.row_losses(now, labels, "pairwise")
+    assert got[1] == paired.compare(rows_now[:, 1], frozen_rows[:, 1], positive=labels[:, 1] > 0.5)

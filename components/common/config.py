@@ -180,6 +180,10 @@ class NMTConfig(_Strict):
     # constraint near its frozen quality about half the epochs are infeasible; the stage trains on while its
     # task still improves)
     patience_on: Literal["kept_or_task", "kept"] = "kept_or_task"
+    # paired: a higher task with a pairwise (ranking) loss is judged by its paired AUC change on validation
+    # (DeLong) rather than by its surrogate loss: a ranking score means only its order, and the surrogate
+    # can fall while the AUC falls too
+    rank_by_auc: bool = True
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)

@@ -151,19 +151,32 @@ def load_rows(artifact_dir, split: str, file=rows_file) -> dict[str, np.ndarray]
 
 
 class PairedCheck:
-    """The loop's measurement of the constrained tasks: one pass over the validation split."""
+    """The loop's measurement of the constrained tasks: one pass over the validation split.
+    `ranking_reference` {task: frozen scores}: those (pairwise) tasks are judged by their paired AUC change
+    (components/train/paired.auc_change, as a loss: the AUC lost) instead of the surrogate loss: a ranking
+    score means only its order, and a lower surrogate loss can come with a lower AUC."""
 
     def __init__(self, valid: ParquetSplit, reference: dict[int, np.ndarray], batch_size: int, loss: str | list[str],
-                 allowance: dict[int, float] | None = None):
+                 allowance: dict[int, float] | None = None, ranking_reference: dict[int, np.ndarray] | None = None):
         self.valid, self.reference, self.batch_size, self.loss = valid, reference, batch_size, loss
         self.allowance = allowance or {}
+        self.ranking_reference = ranking_reference or {}
 
     def measure(self, model) -> dict[int, Paired]:
         was_training = model.training
-        rows = split_row_losses(model, self.valid, self.batch_size, self.loss)
+        scores = split_scores(model, self.valid, self.batch_size)
         model.train(was_training)
-        return {j: compare(rows[:, j], ref, self.allowance.get(j, 0.0), pairwise_positives(self.loss, self.valid.labels, j))
-                for j, ref in self.reference.items()}
+        rows = row_losses(scores, self.valid.labels, self.loss)
+        labels = self.valid.labels
+        out = {}
+        for j, ref in self.reference.items():
+            if j in self.ranking_reference:
+                change, se = auc_change(np.broadcast_to(scores, labels.shape)[:, j], self.ranking_reference[j],
+                                        labels[:, j])
+                out[j] = Paired(-change, se, len(labels), self.allowance.get(j, 0.0))
+            else:
+                out[j] = compare(rows[:, j], ref, self.allowance.get(j, 0.0), pairwise_positives(self.loss, labels, j))
+        return out
 
 
 def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.ndarray], auc_now: list[float],

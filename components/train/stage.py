@@ -161,9 +161,11 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                 raise checkpoint.CheckpointError(
                     f"{previous_dir}: has no per-row validation losses of {missing} (written by an older nmtrec?): "
                     f"retrain from stage 1, or set nmt.constraint_data: valid")
+            ranking = {j: frozen_scores["valid"][t] for j, t in enumerate(higher)
+                       if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise" and t in frozen_scores["valid"]}
             checker = paired.PairedCheck(valid, {j: frozen_rows["valid"][t] for j, t in enumerate(higher)},
                                          cfg.train.batch_size, task_loss_names(cfg),
-                                         {j: cfg.tolerance_of(t) for j, t in enumerate(higher)})
+                                         {j: cfg.tolerance_of(t) for j, t in enumerate(higher)}, ranking)
         warmup = Warmup(dmp, stage, 0 if fresh else cfg.nmt.warmup_epochs)
     teacher = None
     if getattr(objective, "needs_teacher", False):
