@@ -182,7 +182,7 @@ class NMTConfig(_Strict):
     patience_on: Literal["kept_or_task", "kept"] = "kept_or_task"
     # paired: a higher task with a pairwise (ranking) loss is judged by its paired AUC change on validation
     # (DeLong) rather than by its surrogate loss: a ranking score means only its order, and the surrogate
-    # can fall while the AUC falls too
+    # can fall while the AUC falls too (its tolerance r_j is then AUC it may lose)
     rank_by_auc: bool = True
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,

@@ -59,11 +59,6 @@ def row_losses(logits: np.ndarray, labels: np.ndarray, loss: str | list[str]) ->
     return out
 
 
-def split_row_losses(model, cols: ParquetSplit, batch_size: int, loss: str | list[str]) -> np.ndarray:
-    """Per-row losses of every task on a split, in row order (collective: every rank calls it)."""
-    return row_losses(split_scores(model, cols, batch_size), cols.labels, loss)
-
-
 @dataclass(frozen=True)
 class Paired:
     """mean(d), its standard error and the number of rows of one task's paired comparison; `allowance`:
@@ -166,8 +161,9 @@ class PairedCheck:
         was_training = model.training
         scores = split_scores(model, self.valid, self.batch_size)
         model.train(was_training)
-        rows = row_losses(scores, self.valid.labels, self.loss)
         labels = self.valid.labels
+        by_loss = [j for j in self.reference if j not in self.ranking_reference]
+        rows = row_losses(scores, labels, self.loss) if by_loss else None  # the pairwise ones cost pos x neg
         out = {}
         for j, ref in self.reference.items():
             if j in self.ranking_reference:
