@@ -99,10 +99,13 @@ def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0,
     return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d), allowance)
 
 
-def pairwise_positives(loss: str | list[str], labels: np.ndarray, task: int) -> np.ndarray | None:
+def pairwise_positives(loss: str | list[str], labels: np.ndarray | None, task: int) -> np.ndarray | None:
     """The positive rows of `task` when its loss is `pairwise` (for `compare`), else None."""
-    name = loss if isinstance(loss, str) else loss[task]
-    return labels[:, task] > 0.5 if name == "pairwise" else None
+    if (loss if isinstance(loss, str) else loss[task]) != "pairwise":
+        return None
+    if labels is None:
+        raise ValueError(f"task {task}: a pairwise task's paired standard error needs the labels")
+    return labels[:, task] > 0.5
 
 
 def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,10 +193,7 @@ def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.
     for j, t in enumerate(higher):
         if t not in frozen_rows:
             continue
-        positive = pairwise_positives(loss, labels, j) if labels is not None else None
-        if positive is None and (loss if isinstance(loss, str) else loss[j]) == "pairwise":
-            raise ValueError(f"paired audit of {t!r}: a pairwise task's standard error needs the labels")
-        c = compare(rows[:, j], frozen_rows[t], (allowance or {}).get(t, 0.0), positive)
+        c = compare(rows[:, j], frozen_rows[t], (allowance or {}).get(t, 0.0), pairwise_positives(loss, labels, j))
         out.append({"task": t, "mean_loss_change": c.mean, "se": c.se, "t": c.t(), "rows": c.rows,
                     "tolerance": c.allowance + z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,

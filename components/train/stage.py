@@ -161,8 +161,12 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                 raise checkpoint.CheckpointError(
                     f"{previous_dir}: has no per-row validation losses of {missing} (written by an older nmtrec?): "
                     f"retrain from stage 1, or set nmt.constraint_data: valid")
-            ranking = {j: frozen_scores["valid"][t] for j, t in enumerate(higher)
-                       if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise" and t in frozen_scores["valid"]}
+            ranked = [t for t in higher if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise"]
+            unscored = [t for t in ranked if t not in frozen_scores["valid"]]
+            if unscored:
+                log.warning("%s: no frozen validation scores of %s (written by an older nmtrec?): checked by their "
+                            "pairwise loss, not by AUC (nmt.rank_by_auc)", previous_dir, unscored)
+            ranking = {j: frozen_scores["valid"][t] for j, t in enumerate(higher) if t in ranked and t not in unscored}
             checker = paired.PairedCheck(valid, {j: frozen_rows["valid"][t] for j, t in enumerate(higher)},
                                          cfg.train.batch_size, task_loss_names(cfg),
                                          {j: cfg.tolerance_of(t) for j, t in enumerate(higher)}, ranking)
