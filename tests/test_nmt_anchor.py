@@ -109,3 +109,46 @@ def test_catch_up_holds_lambda_while_the_higher_task_still_improves():
     assert held[:3] == [1.0, 1.0, 1.0]  # still catching up: lambda stays where it started
     assert held[3] > 1.0 and held[4] > held[3]  # stalled above the frozen model: lambda rises
     assert plain[0] > 1.0  # without catch-up the first excess raises it at once
+
+
+def test_teacher_is_skipped_while_every_multiplier_is_zero(tiny_cfg, tiny_dataset, tmp_path):
+    """With lambda = 0 the step skips the teacher's forward pass and is bit-for-bit the step that weighs its
+    divergence at zero; with lambda > 0 the teacher scores the batch."""
+    from nmtrec.components.common.feature_spec import FeatureSpec
+    from nmtrec.components.train.data import eval_batches, load_split
+    from nmtrec.components.train.epochs import objective_loss, task_losses
+    from nmtrec.components.train.stage import run_stage
+    from nmtrec.components.train.teacher import Teacher
+    from nmtrec.models.registry import build_model
+
+    data = str(tiny_dataset / "dataset")
+    cfg = tiny_cfg.updated(train={"max_epochs": 1})
+    run_stage(cfg, 0, data, str(tmp_path / "s1"))
+    spec = FeatureSpec.read(data)
+    teacher = Teacher(tmp_path / "s1", cfg.model, spec, 1, torch.device("cpu"))
+    calls = []
+    teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(0)
+    student = build_model(cfg.model, spec, 2, device="cpu")
+    kjt, labels, _ = next(iter(eval_batches(load_split(data, spec, "valid", ["like", "click"]), 512)))
+
+    def step(lam, skip):
+        obj = NMTStage(1, {0: 0.2}, lambda_init=lam, anchor="distill", higher_weight=1.0)
+        student.zero_grad()
+        if skip:
+            loss, _ = objective_loss(student, obj, kjt, labels, "test", teacher=teacher)
+        else:  # the divergence computed and weighed whatever lambda is
+            logits = student(kjt)
+            loss = obj.loss(task_losses(logits, labels), divergence=teacher.divergence(logits, kjt))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in student.parameters() if p.grad is not None]
+
+    calls.clear()
+    (skipped, g_skipped), n_skipped = step(0.0, skip=True), len(calls)
+    weighed, g_weighed = step(0.0, skip=False)
+    assert n_skipped == 0
+    assert torch.equal(skipped, weighed) and len(g_skipped) == len(g_weighed) > 0
+    assert all(torch.equal(a, b) for a, b in zip(g_skipped, g_weighed))
+    calls.clear()
+    step(0.5, skip=True)
+    assert len(calls) == 1

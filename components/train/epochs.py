@@ -63,7 +63,7 @@ def objective_loss(model, objective, kjt, labels, where: str, loss_fn=task_losse
     losses = loss_fn(logits, labels)
     if warmup is not None:
         loss = warmup.loss(losses)
-    elif teacher is not None:
+    elif teacher is not None and objective.weighs_teacher():
         loss = objective.loss(losses, divergence=teacher.divergence(logits, kjt))
     else:
         loss = objective.loss(losses)

@@ -96,15 +96,21 @@ class NMTStage(Objective):
         """divergence: [num constrained] the higher tasks' divergence from the previous stage's model on
         this batch (anchor "distill")."""
         if self.needs_teacher:
-            if divergence is None:
+            if divergence is None and self.weighs_teacher():
                 raise ValueError("nmt.anchor 'distill' needs the previous stage's predictions on the batch")
-            term = divergence.to(task_losses)
+            term = torch.zeros_like(self.frozen) if divergence is None else divergence
+            term = term.to(task_losses)
         else:
             term = task_losses[self.constrained] - (self.frozen + self.tolerance).to(task_losses)
         lam = self.lam.to(task_losses)
         kept = self.higher_weight * task_losses[self.constrained].sum() if self.higher_weight else 0.0
         weight = 1.0 + self.higher_weight * len(self.constrained) + lam.sum()
         return (self.task_part(task_losses) + kept + (lam * term).sum()) / weight
+
+    def weighs_teacher(self) -> bool:
+        """Whether the next step weighs the teacher's divergence: not while every multiplier is 0, when the
+        loop skips the teacher's forward pass (the step is the same: a zero multiplier adds a zero term)."""
+        return self.needs_teacher and bool((self.lam > 0).any())
 
     def after_step(self, task_losses, post_losses=None, held_out=None):
         if self.needs_paired_checks:  # the multipliers move in after_check
