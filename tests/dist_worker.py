@@ -13,7 +13,7 @@ import torch.distributed as dist
 from nmtrec.components.common.feature_spec import FeatureSpec
 from nmtrec.components.train import checkpoint
 from nmtrec.components.train.data import eval_batches, load_split
-from nmtrec.components.train.distributed import init_process_group, shard
+from nmtrec.components.train.distributed import close_process_group, init_process_group, shard
 from nmtrec.models.registry import build_model
 from nmtrec.components.common.config import Config
 
@@ -45,4 +45,4 @@ if __name__ == "__main__":
         pred = sharded_predictions(Config.from_json(Path(cfg_json).read_text()), dataset, ckpt)
         if dist.get_rank() == 0:
             np.save(out, pred)
-    dist.destroy_process_group()
+    close_process_group()

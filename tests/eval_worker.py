@@ -9,6 +9,7 @@ import numpy as np
 import torch.distributed as dist
 
 from nmtrec.components.evaluate.scoring import predict_checkpoint
+from nmtrec.components.train.distributed import close_process_group
 
 if __name__ == "__main__":
     ckpt, dataset, split, batch, out = sys.argv[1:6]
@@ -16,4 +17,4 @@ if __name__ == "__main__":
     labels, probs, users, _ = predict_checkpoint(ckpt, dataset, split, int(batch))
     if dist.get_rank() == 0:
         np.savez(out, labels=labels, probs=probs, users=users)
-    dist.destroy_process_group()
+    close_process_group()

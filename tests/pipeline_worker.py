@@ -7,10 +7,9 @@ loop.
 import sys
 from pathlib import Path
 
-import torch.distributed as dist
-
 from nmtrec.components.common.config import Config
 from nmtrec.components.train import epochs
+from nmtrec.components.train.distributed import close_process_group
 from nmtrec.components.train.launch import train_stage_main
 
 if __name__ == "__main__":
@@ -21,4 +20,4 @@ if __name__ == "__main__":
     train_stage_main(Config.from_json(Path(cfg_json).read_text()), int(stage), dataset, out,
                      None if previous == "-" else previous)
     assert len(built) == (mode == "pipelined") and all(b.pipeline._batch_count > 0 for b in built)
-    dist.destroy_process_group()
+    close_process_group()

@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
     from nmtrec.components.common.files import write_json_atomic
     from nmtrec.components.common.logs import setup_logging
     from nmtrec.components.evaluate.report import write_report
+    from nmtrec.components.train.distributed import close_process_group
 
     setup_logging()
     dist.init_process_group("gloo")
@@ -70,8 +71,10 @@ def main(argv: list[str]) -> int:
         _, curve = write_report(**json.loads(Path(argv[0]).read_text()))
         if dist.get_rank() == 0:
             write_json_atomic(argv[1], curve)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    close_process_group()
     return 0
 
 

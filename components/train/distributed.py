@@ -32,6 +32,16 @@ EMBEDDING_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.opti
 CUDA_ONLY = {"adam"}
 
 
+def close_process_group() -> None:
+    """Leave the world: every rank first waits for the others at a barrier, so none tears gloo down while a
+    peer's last collective is still in flight (a rank then dies of a native abort on its way out)."""
+    if not dist.is_initialized():
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def init_process_group() -> torch.device:
     """Join the torchrun world (or make a world of one); return this rank's device."""
     if not dist.is_initialized():

@@ -78,10 +78,9 @@ def main(argv: list[str]) -> int:
     # the workers get the whole runtime config (run settings included) from the launching process
     meta = train_stage_main(Config.from_json(config), int(argv[1]), argv[2], argv[3], previous,
                             argv[5] if len(argv) > 5 else "nmt")
-    import torch.distributed as dist
+    from nmtrec.components.train.distributed import close_process_group
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    close_process_group()
     print(json.dumps({"ok": True, "task": meta.task}))
     return 0
 
