@@ -368,6 +368,10 @@ def _figure_of(step: StepRecord, outputs: dict) -> str:
         if audit:
             breach = [a["task"] for a in audit if a.get("breach")]
             parts.append(f"audit BREACH {', '.join(breach)}" if breach else "audit ok")
+        fell_back = last.get("fallback")
+        if fell_back:  # components/train/fallback.py
+            parts.append(f"fell back to the previous stage's model ({', '.join(fell_back['breached'])} "
+                         f"breached by the stage's own model)")
         epochs = last.get("epochs") or meta.get("epochs")
         if epochs:
             parts.append(f"{epochs} epochs")

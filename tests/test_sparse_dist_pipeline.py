@@ -35,7 +35,8 @@ def config(nproc=1):
     # checkpoint_every 7: resume points cut the epochs into runs of steps besides the paired checks
     return tiny_config(train={"max_epochs": 2, "patience": 1, "threads": 1, "checkpoint_every": 7, "nproc": nproc,
                               "shuffle_rows": 1500},
-                       model={"embedding_l2": 1e-4})
+                       model={"embedding_l2": 1e-4},
+                       nmt={"fallback": False})  # compare the constrained stage's own training
 
 
 def weights(out: Path) -> dict:

@@ -185,6 +185,9 @@ class NMTConfig(_Strict):
     # can fall while the AUC falls too (its tolerance r_j is then AUC it may lose)
     rank_by_auc: bool = True
     fail_on_breach: bool = False  # constraint audit: fail the stage instead of only flagging a breach
+    # a fresh stage whose own model fails its validation audit falls back to the previous stage's model with
+    # the new task's own parameters trained on it (components/train/fallback.py); false: keep its own model
+    fallback: bool = True
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)
     preset: Optional[Literal["paper"]] = None

@@ -49,6 +49,10 @@ class StageSummary:
     # every higher task on the test split at the end of this stage against its frozen model, paired on
     # the same rows (out of sample: no decision of any stage read the test split)
     test_audit: Optional[list[dict]] = None
+    # a fresh stage that broke a higher task's constraint on validation fell back to the previous stage's
+    # model with its own task's parameters trained on it (components/train/fallback.py):
+    # {"breached": [tasks], "epochs": epochs of that training}
+    fallback: Optional[dict] = None
     # a version-1 manifest's inline series; never written back
     inline_history: Optional[dict] = field(default=None, compare=False, repr=False)
 
@@ -61,7 +65,7 @@ class StageSummary:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "inline_history"}
-        for key in ("history", "test_audit"):
+        for key in ("history", "test_audit", "fallback"):
             if out[key] is None:
                 del out[key]
         return out

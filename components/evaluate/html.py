@@ -126,6 +126,8 @@ def audit_table(stages: list[dict], key: str = "constraint_audit") -> str:
     for k, s in enumerate(stages):
         for a in s.get(key) or []:
             flag = "<b style='color:crimson'>BREACH</b>" if a["breach"] else "ok"
+            if s.get("fallback"):  # components/train/fallback.py
+                flag += " (fell back to the previous stage's model)"
             paired = "t" in a
             change = a["mean_loss_change"] if paired else a["valid_loss"] - a["frozen_valid_loss"]
             auc_now, auc_then = (a["auc"], a["frozen_auc"]) if paired else (a["valid_auc"], a["frozen_valid_auc"])

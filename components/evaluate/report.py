@@ -14,7 +14,7 @@ from nmtrec.components.evaluate.oracle import oracle_report
 from nmtrec.components.evaluate.scoring import BATCH_SIZE
 
 STAGE_KEYS = ("task", "method", "frozen_optima", "lambda_final", "tolerance", "constraint_audit", "test_audit",
-              "epochs", "valid_loss", "valid_auc")
+              "epochs", "valid_loss", "valid_auc", "fallback")
 
 
 def stage_summaries(meta: StageManifest) -> list[dict]:

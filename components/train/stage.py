@@ -15,7 +15,8 @@ frozen model row by row on the validation split; `valid` follows held-out batche
 validation loss; `train` is the paper's f_j <= f_j* + r_j on training batches (a stage that stopped at
 its best validation epoch has a training loss biased low, so that form reads violations that are not
 there). A stage ends with two audits of every higher task: on validation (what chose the epoch) and,
-reported only, on the test split (components/train/paired.py `paired_audit`).
+reported only, on the test split (components/train/paired.py `paired_audit`). A fresh stage whose own
+model fails the validation audit falls back to stage k-1's model (components/train/fallback.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nmtrec.components.train import audit, checkpoint, paired
+from nmtrec.components.train import audit, checkpoint, fallback, paired
 from nmtrec.components.train.data import load_split, num_batches
 from nmtrec.components.train.distributed import current_device, init_process_group, log_plan, set_threads, shard
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
@@ -192,6 +193,22 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                               best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn,
                               paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup,
                               shuffle_rows=cfg.train.shuffle_rows, teacher=teacher)
+        fell_back = None  # a fresh stage that breaks a constraint on validation (components/train/fallback.py)
+        if fresh and checker is not None and method == "nmt" and cfg.nmt.fallback:
+            breached = fallback.breached_on_valid(dmp, valid, frozen_rows["valid"], higher, cfg.train.batch_size,
+                                                  cfg.nmt.z, {t: cfg.tolerance_of(t) for t in higher},
+                                                  task_loss_names(cfg))
+            if breached:
+                log.warning("%s: significantly worse than stage %d on %s on validation: falls back to stage %d's "
+                            "model (%s's own parameters, if it has any, trained on it)", label, stage, breached,
+                            stage, task)
+                fit = fallback.train_on_frozen(
+                    dmp, dense_opt, previous_dir, stage, train, valid, batch_size=cfg.train.batch_size,
+                    max_epochs=cfg.train.max_epochs, patience=cfg.train.patience, seed=cfg.seed + stage,
+                    best_dir=Path(_shared_tmp(tmp)) / "fallback", meta=meta, label=label, loss_fn=loss_fn,
+                    shuffle_rows=cfg.train.shuffle_rows)
+                fell_back = {"breached": breached, "epochs": fit["epochs"]}
+                history["fallback"] = {**fit, "breached": breached}  # the constrained attempt's series stay
     bs = cfg.train.batch_size
     files: dict[str, str | bytes] = {}
     train_loss = [float(x) for x in mean_losses(dmp, train, bs, loss_fn)]
@@ -228,7 +245,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         tolerance=tol, constraint_audit=checks,
         train_loss=dict(zip(cfg.tasks, train_loss)), valid_loss=dict(zip(cfg.tasks, valid_loss)),
         valid_auc=dict(zip(cfg.tasks, valid_auc)), epochs=history["epochs"], history=history_file(stage),
-        test_audit=test_audit or None,
+        test_audit=test_audit or None, fallback=fell_back,
     )
     audit.enforce(checks, label, cfg.nmt.fail_on_breach)
     earlier, carried = _carry_histories(prev, previous_dir)
