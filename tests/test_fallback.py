@@ -50,3 +50,30 @@ def test_the_console_line_says_the_stage_fell_back(tmp_path):
     line = _figure_of(StepRecord("stage-2-click", "train-stage-2", tmp_path / "log"),
                       {"checkpoint": SimpleNamespace(path=str(tmp_path))})
     assert "audit ok" in line and "fell back to the previous stage's model (like breached" in line
+
+
+def test_two_processes_fall_back_as_one_does(tiny_cfg, tiny_dataset, tmp_path):
+    """The fallback decision and its training are collective: two processes (torchrun, gloo) reach the same
+    decision and the same weights as one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from nmtrec.components.train import checkpoint
+
+    data = str(tiny_dataset / "dataset")
+    cfg = tiny_cfg.updated(train={"max_epochs": 3})
+    run_stage(cfg, 0, data, str(tmp_path / "s1"))
+    slow = cfg.updated(train={"max_epochs": 1, "lr": 1e-7, "embedding_lr": 1e-7})
+    one = run_stage(slow, 1, data, str(tmp_path / "one"), str(tmp_path / "s1")).stages[-1]
+    f = tmp_path / "cfg.json"
+    f.write_text(slow.updated(train={"nproc": 2}).to_json())
+    worker = Path(__file__).with_name("pipeline_worker.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+                    str(f), "1", data, str(tmp_path / "two"), str(tmp_path / "s1"), "plain"], check=True)
+    two = checkpoint.read_meta(tmp_path / "two").stages[-1]
+    assert one.fallback == two.fallback == {"breached": ["like"], "epochs": 1}
+    a, b = (torch.load(tmp_path / d / checkpoint.UNSHARDED, weights_only=True) for d in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # the same sums in another order

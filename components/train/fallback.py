@@ -11,14 +11,10 @@ new task has no parameters of its own: the fallback is stage k-1's model as it i
 """
 from __future__ import annotations
 
-import logging
-
 from nmtrec.components.train import audit, checkpoint, paired
 from nmtrec.components.train.epochs import fit_epochs
 from nmtrec.components.train.objectives.nmt import SingleTask
 from nmtrec.components.train.warmup import Warmup
-
-log = logging.getLogger("nmtrec.train")
 
 
 def breached_on_valid(model, valid, frozen_rows: dict, higher: list[str], batch_size: int, z: float,

@@ -194,7 +194,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                               paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup,
                               shuffle_rows=cfg.train.shuffle_rows, teacher=teacher)
         fell_back = None  # a fresh stage that breaks a constraint on validation (components/train/fallback.py)
-        if fresh and checker is not None and method == "nmt" and cfg.nmt.fallback:
+        if fresh and checker is not None and cfg.nmt.fallback:  # fresh: an "nmt" stage past the first
             breached = fallback.breached_on_valid(dmp, valid, frozen_rows["valid"], higher, cfg.train.batch_size,
                                                   cfg.nmt.z, {t: cfg.tolerance_of(t) for t in higher},
                                                   task_loss_names(cfg))
