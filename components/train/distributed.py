@@ -9,6 +9,7 @@ is built under the same seed on every rank. So 1 process and 2 processes start f
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -34,9 +35,12 @@ CUDA_ONLY = {"adam"}
 
 def close_process_group() -> None:
     """Leave the world: every rank first waits for the others at a barrier, so none tears gloo down while a
-    peer's last collective is still in flight (a rank then dies of a native abort on its way out)."""
+    peer's last collective is still in flight (a rank then dies of a native abort on its way out). Sharded
+    models left in reference cycles are collected first, while the group they were built on still exists:
+    the abort ("terminate called without an active exception") came after the group was destroyed."""
     if not dist.is_initialized():
         return
+    gc.collect()
     if dist.get_world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
