@@ -1,9 +1,17 @@
 """A fresh NMT stage that ends significantly worse on a higher task falls back to the previous stage's model
 with its own task's parameters trained on it (components/train/fallback.py)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from nmtrec.components.evaluate.scoring import predict_checkpoint
+from nmtrec.components.train import checkpoint
 from nmtrec.components.train.stage import run_stage
 
 
@@ -37,9 +45,6 @@ def test_a_stage_that_keeps_its_constraints_does_not_fall_back(tiny_cfg, tiny_da
 
 
 def test_the_console_line_says_the_stage_fell_back(tmp_path):
-    import json
-    from types import SimpleNamespace
-
     from nmtrec.pipelines.console import StepRecord, _figure_of
 
     audit = [{"task": "like", "breach": False}]
@@ -55,14 +60,6 @@ def test_the_console_line_says_the_stage_fell_back(tmp_path):
 def test_two_processes_fall_back_as_one_does(tiny_cfg, tiny_dataset, tmp_path):
     """The fallback decision and its training are collective: two processes (torchrun, gloo) reach the same
     decision and the same weights as one."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import torch
-
-    from nmtrec.components.train import checkpoint
-
     data = str(tiny_dataset / "dataset")
     cfg = tiny_cfg.updated(train={"max_epochs": 3})
     run_stage(cfg, 0, data, str(tmp_path / "s1"))
