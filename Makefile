@@ -47,6 +47,7 @@ readme-figures:
 	  $(if $(wildcard runs/bench-priority-unseen/priority.md),--block bench-priority-unseen runs/bench-priority-unseen/priority.md) \
 	  $(if $(wildcard runs/bench-priority-holdout/priority.md),--block bench-priority-holdout runs/bench-priority-holdout/priority.md) \
 	  $(if $(wildcard runs/bench-priority-fresh/priority.md),--block bench-priority-fresh runs/bench-priority-fresh/priority.md) \
+	  $(if $(wildcard runs/bench-priority-fifth/priority.md),--block bench-priority-fifth runs/bench-priority-fifth/priority.md) \
 	  $(if $(wildcard runs/bench-nmt/bench_nmt.md),--block bench-nmt runs/bench-nmt/bench_nmt.md) \
 	  $(if $(wildcard runs/bench-scale/scale.md),--block bench-scale runs/bench-scale/scale.md)
 

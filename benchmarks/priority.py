@@ -36,6 +36,7 @@ SECONDARY_SLACK = 0.002  # (c): grid points with primary >= single-task - this q
 SECONDARY_OK = -0.005  # (c): NMT secondary - best qualifying grid secondary
 GRID = ("0.9:0.1", "0.7:0.3", "0.5:0.5", "0.3:0.7", "0.1:0.9")
 QUICK_GRID = ("0.9:0.1", "0.5:0.5", "0.1:0.9")
+NOISE_T = 2.0  # a domination whose seed-paired margin is at least this many standard errors is beyond noise
 TARGETS = {"primary_ok_fraction": 0.9, "not_dominated_fraction": 0.9, "secondary_ok_fraction": 0.8,
            "audit_ok_fraction": 0.9}
 VERSION = 1
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="runs/bench-priority", help="priority.json, priority.png, datasets, logs")
     p.add_argument("--worlds", default=None,
                    help="comma-separated world names or glob patterns (e.g. 'dense-*,sbr'); default: all")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per world")
+    p.add_argument("--seeds", type=int, default=4, help="training seeds per world")
     p.add_argument("--first-seed", type=int, default=1, help="training seeds are first-seed .. first-seed + seeds - 1")
     p.add_argument("--world-seeds", default=None, metavar="N,N,...",
                    help="the planted worlds' seeds (default 1,2,3,4; others give worlds the defaults never saw)")
@@ -313,6 +314,21 @@ def seed_means(runs: list[dict], tasks: list[str]) -> dict:
     return {m: {t: _mean([r[m]["auc"].get(t) for r in runs if m in r]) for t in tasks} for m in methods}
 
 
+def domination_margin(runs: list[dict], tasks: list[str], method: str, point: str) -> dict:
+    """How far a dominating grid point is ahead of `method`: on each task its seed-paired AUC difference
+    (the same training seed, the same data) averaged over the seeds; the margin is the smaller of the two,
+    with the standard error of that task's per-seed differences (None from one seed). A margin within
+    noise (t < 2) is a domination that other training seeds may well undo."""
+    diffs = {t: [r[point]["auc"][t] - r[method]["auc"][t] for r in runs if point in r and method in r]
+             for t in tasks[:2]}
+    means = {t: sum(d) / len(d) for t, d in diffs.items()}
+    axis = min(means, key=means.get)
+    d = diffs[axis]
+    se = (sum((x - means[axis]) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else None
+    return {"task": axis, "margin": means[axis], "se": se,
+            "t": None if not se else means[axis] / se}
+
+
 def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str = "nmt") -> dict:
     """The four per-world criteria on the seed means. `runs`: one {method: {"auc": {...}, "breach"?}} per
     seed; `grid`: the weight-grid method names in weight order (most weight on the primary first);
@@ -323,6 +339,8 @@ def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str
     points = [(g, mean[g][p], mean[g][s]) for g in grid if g in mean]
     gap = nmt_p - single
     dominated_by = [g for g, gp, gs in points if gp >= nmt_p and gs >= nmt_s]
+    margins = {g: domination_margin(runs, tasks, method, g) for g in dominated_by}
+    strongest = max(margins, key=lambda g: margins[g]["margin"]) if margins else None
     qualifying = [(g, gp, gs) for g, gp, gs in points if gp >= single - SECONDARY_SLACK]
     if qualifying:
         best = max(qualifying, key=lambda x: x[2])
@@ -335,6 +353,8 @@ def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str
         "seeds": len(runs), "mean_auc": mean, "single_primary": single, "nmt_primary": nmt_p,
         "nmt_secondary": nmt_s, "gap": gap, "primary_ok": gap >= PRIMARY_OK,
         "dominated_by": dominated_by, "not_dominated": not dominated_by,
+        "domination": None if strongest is None else {"by": strongest, **margins[strongest]},
+        "dominated_beyond_noise": strongest is not None and (margins[strongest]["t"] or 0.0) >= NOISE_T,
         "best_qualifying": best_name, "best_qualifying_secondary": best_s,
         "secondary_margin": None if best_s is None else nmt_s - best_s,
         "secondary_ok": secondary_ok, "no_grid_point_qualifies": not qualifying,
@@ -358,6 +378,8 @@ def summarize(judged: dict[str, dict], seconds: float) -> dict:
         "not_dominated_fraction": frac("not_dominated"),
         "secondary_ok_fraction": frac("secondary_ok"),
         "audit_ok_fraction": frac("audit_ok"),
+        # not a target: the share of worlds where a grid point is ahead of NMT by more than seed noise
+        "dominated_beyond_noise_fraction": frac("dominated_beyond_noise"),
     }
     out["targets_met"] = bool(n) and out["mean_primary_gap"] >= PRIMARY_MEAN_OK and all(
         out[k] >= v for k, v in TARGETS.items())
@@ -407,6 +429,8 @@ def print_table(judged: dict, tasks_of: dict, oracle: dict) -> None:
         best_txt = "none" if best is None else f"{_fmt(j['best_qualifying_secondary'])} ({best.split(':', 1)[1]})"
         dom = ok[j["not_dominated"]] if j["not_dominated"] else "[red]" + ",".join(
             d.split(":", 1)[1] for d in j["dominated_by"]) + "[/red]"
+        if j.get("domination") and j["domination"]["t"] is not None:
+            dom += f" t {j['domination']['t']:.1f}"
         t.add_row(w, f"{p}>{s}", _fmt(oracle.get(w, {}).get(p)), _fmt(j["single_primary"]), _fmt(j["nmt_primary"]),
                   _fmt(j["gap"], "+.4f"), _fmt(j["nmt_secondary"]), best_txt,
                   f"{_fmt(eq.get(p))} / {_fmt(eq.get(s))}", ok[j["primary_ok"]], dom,
@@ -434,6 +458,9 @@ def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: list[int], sets
         best = "none" if j["best_qualifying"] is None else \
             f"{_fmt(j['best_qualifying_secondary'])} ({j['best_qualifying'].split(':', 1)[1]})"
         dom = ", ".join(d.split(":", 1)[1] for d in j["dominated_by"]) or "–"
+        if j.get("domination"):
+            m = j["domination"]
+            dom += f" ({_fmt(m['margin'], '+.4f')}" + ("" if m["t"] is None else f", t {m['t']:.1f}") + ")"
         audit = "ok" if j["audit_ok"] else f"**{j['audit_breaches']}/{j['seeds']}**"
         lines.append(f"| {w} | {p} > {s} | {_fmt(j['single_primary'])} | {_fmt(j['nmt_primary'])} | "
                      f"{_fmt(j['gap'], '+.4f')} | {_fmt(j['nmt_secondary'])} | {best} | {dom} | "
@@ -441,9 +468,12 @@ def markdown(judged: dict, tasks_of: dict, summary: dict, seeds: list[int], sets
     lines += ["", f"mean primary gap {summary['mean_primary_gap']:+.4f}; fractions of worlds: primary ok "
               f"{summary['primary_ok_fraction']:.2f}, not dominated {summary['not_dominated_fraction']:.2f}, "
               f"secondary ok {summary['secondary_ok_fraction']:.2f}, out-of-sample audit ok "
-              f"{summary['audit_ok_fraction']:.2f}; targets met: {'yes' if summary['targets_met'] else '**no**'}.",
+              f"{summary['audit_ok_fraction']:.2f}; targets met: {'yes' if summary['targets_met'] else '**no**'}; "
+              f"dominated beyond seed noise (t ≥ {NOISE_T:g}) in {summary['dominated_beyond_noise_fraction']:.2f}.",
               "P: gap ≥ −0.005; S: nmt s ≥ best grid s* − 0.005 (s*: grid points with primary ≥ single − 0.002); "
-              "A: no breach of the out-of-sample audit (breaches/seeds)."]
+              "A: no breach of the out-of-sample audit (breaches/seeds); dominated by: the grid points with both AUCs "
+              "≥ NMT's, then the strongest one's margin (the smaller of its two seed-paired AUC differences) and its "
+              "t (margin / standard error over the seeds)."]
     ref = summary.get("reference")
     if ref:
         lines.append(f"Reference, the same criteria with equal weights in NMT's place (a point on the grid's own "
@@ -690,7 +720,7 @@ def run(args) -> int:
                                                                 train_seconds))
     print(f"plot: {png}   results: {output / 'priority.json'}   table: {output / 'priority.md'}")
     last = {k: summary[k] for k in ("worlds", "mean_primary_gap", "primary_ok_fraction", "not_dominated_fraction",
-                                    "secondary_ok_fraction", "audit_ok_fraction")}
+                                    "secondary_ok_fraction", "audit_ok_fraction", "dominated_beyond_noise_fraction")}
     last.update({"targets_met": summary["targets_met"], "seeds": len(seeds), "grid": len(grid), "incomplete": incomplete,
                  "sets": set_text, "audit_source": audit_sources, "failing": summary["failing"],
                  "seconds": summary["seconds"], "reference": summary["reference"]})

@@ -48,6 +48,30 @@ def test_dominated_when_a_grid_point_is_at_least_as_good_on_both():
     assert j["not_dominated"] and not j["primary_ok"]  # gap -0.0051
 
 
+def test_domination_margin_is_the_smaller_seed_paired_difference_with_its_standard_error():
+    import numpy as np
+
+    # 0.7:0.3 ahead of NMT on both tasks in every seed, by less on click: click's differences decide
+    nmt = [(0.750, 0.745), (0.752, 0.741), (0.748, 0.747)]
+    runs = [seed(0.760, (p, s), [TRADE[0], (p + 0.004, s + d), *TRADE[2:]])
+            for (p, s), d in zip(nmt, (0.001, 0.003, 0.002))]
+    j = priority.judge_world(runs, TASKS, GRID)
+    assert j["dominated_by"] == ["weight_grid:0.7:0.3"]
+    m = j["domination"]
+    diffs = np.array([0.001, 0.003, 0.002])
+    assert m["by"] == "weight_grid:0.7:0.3" and m["task"] == "click"
+    assert m["margin"] == pytest.approx(diffs.mean())
+    assert m["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
+    assert m["t"] == pytest.approx(diffs.mean() / (diffs.std(ddof=1) / np.sqrt(3)))
+    assert j["dominated_beyond_noise"]  # t = 3.5
+    # one seed: no standard error, so never called beyond noise
+    one = priority.judge_world(runs[:1], TASKS, GRID)
+    assert one["domination"]["se"] is None and not one["dominated_beyond_noise"]
+    # not dominated: no margin
+    free = priority.judge_world([seed(0.760, (0.759, 0.74), TRADE)], TASKS, GRID)
+    assert free["domination"] is None and not free["dominated_beyond_noise"]
+
+
 def test_secondary_rule_uses_only_grid_points_that_keep_the_primary():
     grid = [(0.765, 0.76), (0.759, 0.79), (0.740, 0.82), (0.72, 0.83), (0.70, 0.84)]
     # qualifying: like >= 0.758 -> 0.9:0.1 (0.76) and 0.7:0.3 (0.79): best 0.79; 0.82+ do not count
@@ -106,7 +130,7 @@ def test_reference_fractions_judge_equal_weights_in_nmts_place():
     assert ref["secondary_ok_fraction"] == 1.0  # the one qualifying point (0.9:0.1) has secondary 0.70
     md = priority.markdown({}, {}, {**priority.summarize({}, 1.0), "mean_primary_gap": 0.0, "primary_ok_fraction": 0.0,
                                     "not_dominated_fraction": 0.0, "secondary_ok_fraction": 0.0,
-                                    "audit_ok_fraction": 0.0, "reference": ref}, [1], "")
+                                    "audit_ok_fraction": 0.0, "dominated_beyond_noise_fraction": 0.0, "reference": ref}, [1], "")
     assert "equal weights in NMT's place" in md and "not dominated 0.50" in md
 
 
