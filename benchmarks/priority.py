@@ -354,7 +354,7 @@ def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str
         "nmt_secondary": nmt_s, "gap": gap, "primary_ok": gap >= PRIMARY_OK,
         "dominated_by": dominated_by, "not_dominated": not dominated_by,
         "domination": None if strongest is None else {"by": strongest, **margins[strongest]},
-        "dominated_beyond_noise": strongest is not None and (margins[strongest]["t"] or 0.0) >= NOISE_T,
+        "dominated_beyond_noise": any((m["t"] or 0.0) >= NOISE_T for m in margins.values()),
         "best_qualifying": best_name, "best_qualifying_secondary": best_s,
         "secondary_margin": None if best_s is None else nmt_s - best_s,
         "secondary_ok": secondary_ok, "no_grid_point_qualifies": not qualifying,
