@@ -318,15 +318,16 @@ def domination_margin(runs: list[dict], tasks: list[str], method: str, point: st
     """How far a dominating grid point is ahead of `method`: on each task its seed-paired AUC difference
     (the same training seed, the same data) averaged over the seeds; the margin is the smaller of the two,
     with the standard error of that task's per-seed differences (None from one seed). A margin within
-    noise (t < 2) is a domination that other training seeds may well undo."""
+    noise (t < NOISE_T) is a domination that other training seeds may well undo."""
+    import statistics
+
     diffs = {t: [r[point]["auc"][t] - r[method]["auc"][t] for r in runs if point in r and method in r]
              for t in tasks[:2]}
-    means = {t: sum(d) / len(d) for t, d in diffs.items()}
+    means = {t: statistics.fmean(d) for t, d in diffs.items()}
     axis = min(means, key=means.get)
     d = diffs[axis]
-    se = (sum((x - means[axis]) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else None
-    return {"task": axis, "margin": means[axis], "se": se,
-            "t": None if not se else means[axis] / se}
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None
+    return {"task": axis, "margin": means[axis], "se": se, "t": means[axis] / se if se else None}
 
 
 def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str = "nmt") -> dict:
