@@ -321,8 +321,12 @@ def domination_margin(runs: list[dict], tasks: list[str], method: str, point: st
     noise (t < NOISE_T) is a domination that other training seeds may well undo."""
     import statistics
 
-    diffs = {t: [r[point]["auc"][t] - r[method]["auc"][t] for r in runs if point in r and method in r]
+    pairs = {t: [(r[point]["auc"].get(t), r[method]["auc"].get(t)) for r in runs if point in r and method in r]
              for t in tasks[:2]}
+    # a null AUC (one class in the split) has no difference, as seed_means leaves it out of its mean
+    diffs = {t: [a - b for a, b in ps if a is not None and b is not None] for t, ps in pairs.items()}
+    if not all(diffs.values()):
+        return {"task": None, "margin": None, "se": None, "t": None}
     means = {t: statistics.fmean(d) for t, d in diffs.items()}
     axis = min(means, key=means.get)
     d = diffs[axis]
@@ -341,7 +345,8 @@ def judge_world(runs: list[dict], tasks: list[str], grid: list[str], method: str
     gap = nmt_p - single
     dominated_by = [g for g, gp, gs in points if gp >= nmt_p and gs >= nmt_s]
     margins = {g: domination_margin(runs, tasks, method, g) for g in dominated_by}
-    strongest = max(margins, key=lambda g: margins[g]["margin"]) if margins else None
+    strongest = max(margins, key=lambda g: -1.0 if margins[g]["margin"] is None else margins[g]["margin"]) \
+        if margins else None
     qualifying = [(g, gp, gs) for g, gp, gs in points if gp >= single - SECONDARY_SLACK]
     if qualifying:
         best = max(qualifying, key=lambda x: x[2])

@@ -72,6 +72,15 @@ def test_domination_margin_is_the_smaller_seed_paired_difference_with_its_standa
     assert free["domination"] is None and not free["dominated_beyond_noise"]
 
 
+def test_domination_margin_leaves_out_seeds_with_a_null_auc():
+    runs = [seed(0.760, (0.750, 0.745), [TRADE[0], (0.754, 0.746), *TRADE[2:]]),
+            seed(0.760, (0.750, 0.745), [TRADE[0], (0.754, 0.748), *TRADE[2:]])]
+    runs[1]["nmt"]["auc"]["click"] = None  # one class in that seed's split: no AUC
+    m = priority.judge_world(runs, TASKS, GRID)["domination"]
+    assert m["by"] == "weight_grid:0.7:0.3" and m["task"] == "click"
+    assert m["margin"] == pytest.approx(0.001) and m["se"] is None  # one seed pairs on click
+
+
 def test_secondary_rule_uses_only_grid_points_that_keep_the_primary():
     grid = [(0.765, 0.76), (0.759, 0.79), (0.740, 0.82), (0.72, 0.83), (0.70, 0.84)]
     # qualifying: like >= 0.758 -> 0.9:0.1 (0.76) and 0.7:0.3 (0.79): best 0.79; 0.82+ do not count
