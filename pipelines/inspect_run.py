@@ -282,6 +282,10 @@ def audit_text(audit) -> str:
     for a in audit:
         change = a.get("mean_loss_change", a.get("excess"))  # paired audit / held-out batch audit
         breach = bool(a.get("breach"))
+        if a.get("judged_by") == "auc":  # a ranking task: the AUC it lost decides
+            parts.append(f"{a.get('task')} AUC {_signed(a.get('auc_change_paired'))} "
+                         f"{'<' if breach else '≥'} -{_g(a.get('auc_tolerance'))} " + ("BREACH" if breach else "ok"))
+            continue
         parts.append(f"{a.get('task')} {_signed(change)} {'>' if breach else '≤'} {_g(a.get('tolerance'))} "
                      + ("BREACH" if breach else "ok"))
     return "; ".join(parts)

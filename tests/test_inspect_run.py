@@ -238,3 +238,13 @@ def test_inspect_needs_neither_torch_nor_kfp(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "0.7500" in done.stdout and "0.1000" in done.stdout
     assert f"config: {run / 'config.yaml'}" in done.stdout
+
+
+def test_audit_text_names_the_auc_where_a_ranking_task_is_judged_by_it():
+    from nmtrec.pipelines.inspect_run import audit_text
+
+    by_auc = {"task": "like", "mean_loss_change": -0.02, "tolerance": 0.01, "breach": True, "judged_by": "auc",
+              "auc_change_paired": -0.0151, "auc_tolerance": 0.0094}
+    by_loss = {"task": "like", "mean_loss_change": 0.001, "tolerance": 0.002, "breach": False, "judged_by": "loss"}
+    assert audit_text([by_auc]) == "like AUC -0.0151 < -0.0094 BREACH"
+    assert audit_text([by_loss]) == "like +0.001 ≤ 0.002 ok"

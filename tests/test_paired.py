@@ -156,3 +156,31 @@ def test_ranking_task_is_checked_by_its_paired_auc_change(monkeypatch):
     assert got[0].mean == pytest.approx(lost, abs=1e-9) and lost > 0 and got[0].t() > 2
     rows_now = paired.row_losses(now, labels, "pairwise")
     assert got[1] == paired.compare(rows_now[:, 1], frozen_rows[:, 1], positive=labels[:, 1] > 0.5)
+
+
+def test_audits_judge_a_ranking_task_by_the_auc_it_lost():
+    """`ranked` tasks (nmt.rank_by_auc): the audit's breach follows the paired AUC change, as the stage's checks
+    do; halving a ranking score keeps its order (AUC unchanged) while its pairwise loss rises significantly,
+    and a noisier order loses AUC significantly."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    y = (rng.random((n, 1)) < 0.1).astype(np.float32)
+    ref = rng.normal(size=n) + 1.5 * y[:, 0]
+    ref_rows = paired.row_losses(ref[:, None], y, "pairwise")[:, 0]
+
+    def audit(now, ranked):
+        rows = paired.row_losses(now[:, None], y, "pairwise")
+        return paired.paired_audit(["like"], rows, {"like": ref_rows}, [0.7], {"like": 0.7}, 2.0, {}, scores=now[:, None],
+                                   labels=y, frozen_scores={"like": ref}, loss="pairwise", ranked=ranked)[0]
+
+    flat = 0.5 * ref
+    assert audit(flat, ())["breach"] and audit(flat, ())["judged_by"] == "loss"
+    kept = audit(flat, ("like",))
+    assert not kept["breach"] and kept["judged_by"] == "auc" and kept["auc_change_paired"] == pytest.approx(0.0, abs=1e-6)
+    noisy = ref + 0.5 * rng.normal(size=n)
+    lost = audit(noisy, ("like",))
+    expected = roc_auc_score(y[:, 0], noisy) - roc_auc_score(y[:, 0], ref)
+    assert lost["breach"] and lost["auc_change_paired"] == pytest.approx(expected, abs=1e-9)
+    assert lost["auc_tolerance"] == pytest.approx(2.0 * lost["auc_se"])

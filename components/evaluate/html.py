@@ -126,6 +126,8 @@ def audit_table(stages: list[dict], key: str = "constraint_audit") -> str:
     for k, s in enumerate(stages):
         for a in s.get(key) or []:
             flag = "<b style='color:crimson'>BREACH</b>" if a["breach"] else "ok"
+            if a.get("judged_by") == "auc":  # a ranking task (nmt.rank_by_auc): the AUC it lost decides
+                flag += f" (by AUC, tolerance {_fmt(a['auc_tolerance'])})"
             if s.get("fallback"):  # components/train/fallback.py
                 flag += " (fell back to the previous stage's model)"
             paired = "t" in a

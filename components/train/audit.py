@@ -67,7 +67,11 @@ def constraint_audit(tasks: list[str], stage: int, valid_loss: list[float], vali
 def enforce(audit: list[dict], label: str, fail: bool) -> None:
     breaches = [a for a in audit if a["breach"]]
     for a in breaches:
-        if "t" in a:  # paired (components/train/paired.py)
+        if a.get("judged_by") == "auc":  # a ranking task (nmt.rank_by_auc)
+            log.warning("%s: constraint on %s breached: AUC %+.4f vs the frozen model on the same rows (DeLong "
+                        "SE %.4f, %.1f SEs; tolerance %.4f)", label, a["task"], a["auc_change_paired"], a["auc_se"],
+                        a["auc_z"], a["auc_tolerance"])
+        elif "t" in a:  # paired (components/train/paired.py)
             log.warning("%s: constraint on %s breached: validation loss %+.5f per row vs the frozen model "
                         "(t = %.1f standard errors, tolerance %.5f)", label, a["task"], a["mean_loss_change"],
                         a["t"], a["tolerance"])

@@ -18,13 +18,15 @@ from nmtrec.components.train.warmup import Warmup
 
 
 def breached_on_valid(model, valid, frozen_rows: dict, higher: list[str], batch_size: int, z: float,
-                      allowance: dict[str, float], losses: list[str]) -> list[str]:
+                      allowance: dict[str, float], losses: list[str], frozen_scores: dict | None = None,
+                      ranked: tuple[str, ...] = ()) -> list[str]:
     """The higher tasks the stage's validation audit (components/train/paired.py `paired_audit`) calls
-    significantly worse than their frozen models."""
+    significantly worse than their frozen models (`ranked` ones by their paired AUC change)."""
     scores = audit.split_scores(model, valid, batch_size)
     rows = paired.row_losses(scores, valid.labels, losses)
     checks = paired.paired_audit(higher, rows, frozen_rows, audit.aucs(scores, valid.labels), {}, z, {},
-                                 allowance, labels=valid.labels, loss=losses)
+                                 allowance, scores=scores, labels=valid.labels, frozen_scores=frozen_scores,
+                                 loss=losses, ranked=ranked)
     return [c["task"] for c in checks if c["breach"]]
 
 

@@ -182,13 +182,15 @@ def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.
                  frozen_auc: dict[str, float], z: float, lambdas: dict[str, float],
                  allowance: dict[str, float] | None = None, scores: np.ndarray | None = None,
                  labels: np.ndarray | None = None, frozen_scores: dict[str, np.ndarray] | None = None,
-                 loss: str | list[str] = "bce") -> list[dict]:
+                 loss: str | list[str] = "bce", ranked: tuple[str, ...] = ()) -> list[dict]:
     """Every higher task's per-row losses now against its frozen model's on the same rows (components/
     train/paired.py): the mean difference, its standard error, t = mean / SE, and a breach when the task
     is significantly worse than its allowance r_j (mean - r_j > z * SE); AUC now vs the frozen model's on
     the same split, with DeLong's paired standard error where the frozen model's scores were kept
     (`scores` [rows, outputs] and `labels` [rows, tasks] of the current model). `loss`: the tasks' losses
-    (a `pairwise` task's standard error needs `labels`)."""
+    (a `pairwise` task's standard error needs `labels`). `ranked`: the tasks judged by the AUC they lost
+    (nmt.rank_by_auc, as `PairedCheck` judges them during the stage) rather than by their surrogate loss,
+    where their frozen scores were kept; `judged_by` names what decided the breach."""
     out = []
     for j, t in enumerate(higher):
         if t not in frozen_rows:
@@ -197,8 +199,11 @@ def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.
         out.append({"task": t, "mean_loss_change": c.mean, "se": c.se, "t": c.t(), "rows": c.rows,
                     "tolerance": c.allowance + z * c.se, "auc": auc_now[j], "frozen_auc": frozen_auc.get(t),
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,
-                    "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z))})
+                    "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z)), "judged_by": "loss"})
         if scores is not None and t in (frozen_scores or {}):
             change, se = auc_change(np.broadcast_to(scores, labels.shape)[:, j], frozen_scores[t], labels[:, j])
             out[-1].update(auc_change_paired=change, auc_se=se, auc_z=change / se if se > 0 else 0.0)
+            if t in ranked and np.isfinite(change):
+                lost = Paired(-change, se, len(labels), c.allowance)
+                out[-1].update(breach=bool(lost.degraded(z)), judged_by="auc", auc_tolerance=c.allowance + z * se)
     return out

@@ -155,6 +155,8 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     frozen_scores = {split: paired.load_rows(previous_dir, split, paired.scores_file)
                      for split in ("valid", "test")} if prev else {}
     checker = warmup = None
+    # pairwise higher tasks judged by the AUC they lose (nmt.rank_by_auc): by the checks, the fallback and the audits
+    ranked = tuple(t for t in higher if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise")
     if stage > 0:
         if cfg.nmt.constraint_data == "paired":
             missing = [t for t in higher if t not in frozen_rows["valid"]]
@@ -162,7 +164,6 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                 raise checkpoint.CheckpointError(
                     f"{previous_dir}: has no per-row validation losses of {missing} (written by an older nmtrec?): "
                     f"retrain from stage 1, or set nmt.constraint_data: valid")
-            ranked = [t for t in higher if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise"]
             unscored = [t for t in ranked if t not in frozen_scores["valid"]]
             if unscored:
                 log.warning("%s: no frozen validation scores of %s (written by an older nmtrec?): checked by their "
@@ -197,7 +198,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
         if fresh and checker is not None and cfg.nmt.fallback:  # fresh: an "nmt" stage past the first
             breached = fallback.breached_on_valid(dmp, valid, frozen_rows["valid"], higher, cfg.train.batch_size,
                                                   cfg.nmt.z, {t: cfg.tolerance_of(t) for t in higher},
-                                                  task_loss_names(cfg))
+                                                  task_loss_names(cfg), frozen_scores["valid"], ranked)
             if breached:
                 log.warning("%s: significantly worse than stage %d on %s on validation: falls back to stage %d's "
                             "model (%s's own parameters, if it has any, trained on it)", label, stage, breached,
@@ -233,13 +234,13 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
     if cfg.nmt.constraint_data == "paired":
         checks = paired.paired_audit(higher, rows["valid"], frozen_rows.get("valid", {}), valid_auc,
                                     frozen_valid_auc, cfg.nmt.z, lambdas, allowance, scores["valid"],
-                                    labels["valid"], frozen_scores.get("valid"), task_loss_names(cfg))
+                                    labels["valid"], frozen_scores.get("valid"), task_loss_names(cfg), ranked)
     else:
         checks = audit.constraint_audit(cfg.tasks, stage, valid_loss, valid_auc, frozen_valid_all,
                                         frozen_valid_auc, lambdas, vtol)
     test_audit = paired.paired_audit(higher, rows["test"], frozen_rows.get("test", {}), test_auc, frozen_test_auc,
                                     cfg.nmt.z, lambdas, allowance, scores["test"], labels["test"],
-                                    frozen_scores.get("test"), task_loss_names(cfg))
+                                    frozen_scores.get("test"), task_loss_names(cfg), ranked)
     summary = StageSummary(
         task=task, method=meta.method, frozen_optima=frozen_optima, lambda_final=lambdas,
         tolerance=tol, constraint_audit=checks,
