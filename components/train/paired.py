@@ -133,6 +133,13 @@ def auc_change(current: np.ndarray, reference: np.ndarray, labels: np.ndarray) -
     return float(d10.mean()), float(np.sqrt(var))
 
 
+def auc_lost(current: np.ndarray, reference: np.ndarray, labels: np.ndarray, allowance: float = 0.0) -> Paired:
+    """A ranking task's degradation as a Paired: the AUC it lost against its frozen scores on the same rows
+    (`auc_change` negated, DeLong's SE), so `degraded(z)` and `t()` read as for a loss."""
+    change, se = auc_change(current, reference, labels)
+    return Paired(-change, se, len(labels), allowance)
+
+
 def dump_rows(rows: dict[str, np.ndarray]) -> bytes:
     """{task: per-row losses} as .npz bytes (float32: differences of ~1e-4 need no more)."""
     buf = io.BytesIO()
@@ -170,9 +177,8 @@ class PairedCheck:
         out = {}
         for j, ref in self.reference.items():
             if j in self.ranking_reference:
-                change, se = auc_change(np.broadcast_to(scores, labels.shape)[:, j], self.ranking_reference[j],
-                                        labels[:, j])
-                out[j] = Paired(-change, se, len(labels), self.allowance.get(j, 0.0))
+                out[j] = auc_lost(np.broadcast_to(scores, labels.shape)[:, j], self.ranking_reference[j], labels[:, j],
+                                  self.allowance.get(j, 0.0))
             else:
                 out[j] = compare(rows[:, j], ref, self.allowance.get(j, 0.0), pairwise_positives(self.loss, labels, j))
         return out
@@ -201,9 +207,8 @@ def paired_audit(higher: list[str], rows: np.ndarray, frozen_rows: dict[str, np.
                     "auc_change": auc_now[j] - frozen_auc[t] if t in frozen_auc else None,
                     "lambda_final": lambdas.get(t), "breach": bool(c.degraded(z)), "judged_by": "loss"})
         if scores is not None and t in (frozen_scores or {}):
-            change, se = auc_change(np.broadcast_to(scores, labels.shape)[:, j], frozen_scores[t], labels[:, j])
-            out[-1].update(auc_change_paired=change, auc_se=se, auc_z=change / se if se > 0 else 0.0)
-            if t in ranked and np.isfinite(change):
-                lost = Paired(-change, se, len(labels), c.allowance)
-                out[-1].update(breach=bool(lost.degraded(z)), judged_by="auc", auc_tolerance=c.allowance + z * se)
+            lost = auc_lost(np.broadcast_to(scores, labels.shape)[:, j], frozen_scores[t], labels[:, j], c.allowance)
+            out[-1].update(auc_change_paired=-lost.mean, auc_se=lost.se, auc_z=-lost.mean / lost.se if lost.se > 0 else 0.0)
+            if t in ranked and np.isfinite(lost.mean):
+                out[-1].update(breach=bool(lost.degraded(z)), judged_by="auc", auc_tolerance=lost.allowance + z * lost.se)
     return out
