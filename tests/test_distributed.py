@@ -110,11 +110,14 @@ def test_reshard_two_to_one_and_one_to_two(runs, tiny_dataset, tmp_path):
     cfg1 = dist_config("table_wise", 1).model_copy(update={"tasks": ["like"]})
     two_by_one = worker.sharded_predictions(cfg1, str(data), str(two))
     one_by_one = worker.sharded_predictions(cfg1, str(data), str(one))
-    assert np.array_equal(two_by_one, two_by_two)  # 2 -> 1: exactly the same predictions
-    assert np.array_equal(one_by_two, one_by_one)  # 1 -> 2: exactly the same predictions
+    # 2 -> 1 and 1 -> 2: the same predictions up to float32 rounding (a column-wise plan pools each half of a
+    # table on its own process; the summation order, hence the last bits, depends on the CPU's kernels: 2e-8
+    # seen on an AVX-512 machine). Rows scrambled by a wrong reshard would move by about the rows' spread.
+    np.testing.assert_allclose(two_by_one, two_by_two, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(one_by_two, one_by_one, rtol=0, atol=1e-6)
     # the unsharded export serves the same model (plain nn.EmbeddingBag sums in another order)
     np.testing.assert_allclose(plain_predictions(cfg1, data, two), two_by_one, rtol=0, atol=1e-6)
-    assert not np.array_equal(one_by_one, two_by_one)  # two different models: the test can tell them apart
+    assert np.ptp(two_by_one) > 1e-2  # the rows' predictions spread far beyond the tolerance
 
 
 def test_embedding_l2_decays_only_the_rows_a_batch_touches():
