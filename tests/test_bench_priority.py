@@ -171,6 +171,33 @@ def test_set_overrides_and_world_configs():
     assert priority.method_keys(plain, "d", 2)["single_task"] != k1["single_task"]
 
 
+def test_a_changed_unread_default_keeps_the_baselines_keys(monkeypatch):
+    """A new nmt.* default (what a new key or a changed default is to the other steps) changes every
+    step's given config, but the bench keys hash only what a step reads: stage 1 and the joint baselines
+    keep their cached results, NMT's stage 2 (which reads nmt) retrains."""
+    import yaml
+
+    from nmtrec.components.common import step_inputs as si
+
+    base = yaml.safe_load((ROOT / "configs" / "bench_priority.yaml").read_text())
+    cfg = priority.world_config(base, worlds.family()[0], [], priority.GRID)
+    before = priority.method_keys(cfg, "d", 1)
+    s1_given = si.step_inputs_json(cfg, si.Step("stage", 0))
+    defaults = si._defaults()
+
+    def changed():
+        d = json.loads(json.dumps(defaults))
+        d["nmt"]["feasible_z"] = -3.0
+        return d
+
+    monkeypatch.setattr(si, "_defaults", changed)
+    cfg_new = cfg.updated(nmt={"feasible_z": -3.0})  # the config as read under the new default
+    after = priority.method_keys(cfg_new, "d", 1)
+    assert si.step_inputs_json(cfg, si.Step("stage", 0)) != s1_given  # the given config did change
+    assert after["nmt"] != before["nmt"]
+    assert {m: k for m, k in after.items() if m != "nmt"} == {m: k for m, k in before.items() if m != "nmt"}
+
+
 def test_cached_results_follow_the_code_unless_told():
     results = {"k.old": {"key": "k", "code": "old", "finished": "2026-01-01 00:00:00"},
                "k.older": {"key": "k", "code": "older", "finished": "2025-01-01 00:00:00"}}

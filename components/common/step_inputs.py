@@ -58,29 +58,59 @@ def _set(d: dict, key: str, value) -> None:
     d[last] = copy.deepcopy(value)
 
 
+def _pop(d: dict, key: str) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d[part]
+    d.pop(last, None)
+
+
 def _defaults() -> dict:
     return Config(tasks=["-"]).model_dump()
+
+
+def _read_keys(step: Step) -> tuple[str, ...]:
+    if step.kind == "stage" and step.stage == 0:  # one task, no constraints: NMT's settings are not read
+        return tuple(k for k in READS["stage"] if k != "nmt")
+    return READS[step.kind]
+
+
+# inside a section a step reads, the keys it does not: run-only settings, and preprocess's generator
+def _unread_within(step: Step) -> tuple[str, ...]:
+    return RUN_ONLY + (("data.synthetic",) if step.kind == "preprocess" else ())
 
 
 def step_inputs(cfg: Config, step: Step) -> Config:
     """The config a step is given: what it reads from `cfg`, everything else at its default."""
     full, base = cfg.model_dump(), _defaults()
     out = copy.deepcopy(base)
-    for key in READS[step.kind]:
+    for key in _read_keys(step):
         _set(out, key, _get(full, key))
-    for key in RUN_ONLY:
+    for key in _unread_within(step):
         _set(out, key, _get(base, key))
-    if step.kind == "preprocess":
-        _set(out, "data.synthetic", base["data"]["synthetic"])
     if step.kind == "stage":
         if not 0 <= step.stage < len(cfg.tasks):
             raise ValueError(f"stage {step.stage + 1} does not exist for tasks {cfg.tasks}")
         out["tasks"] = cfg.tasks[:step.stage + 1]
-        if step.stage == 0:  # one task, no constraints: NMT's settings are not read
-            out["nmt"] = base["nmt"]
     if step.kind in ("stage", "joint"):
         out["task_settings"] = _task_settings_read(cfg, step, out["tasks"])
     return Config.model_validate(out)
+
+
+def step_reads(cfg: Config, step: Step) -> dict:
+    """Only what a step reads (dotted key -> value, as in `step_inputs`), none of the defaults it is given
+    beside: a key for caches that must survive a change of an unread default (a new nmt.* key does not
+    change what a joint baseline trains)."""
+    inputs = step_inputs(cfg, step).model_dump(mode="json")
+    out = {key: _get(inputs, key) for key in _read_keys(step)}
+    if step.kind in ("stage", "joint") and inputs.get("task_settings"):  # dumped only when some task has one
+        out["task_settings"] = inputs["task_settings"]
+    for key in _unread_within(step):
+        section, _, rest = key.partition(".")
+        if section in out and rest:
+            _pop(out[section], rest)
+    return out
+
 
 
 def _task_settings_read(cfg: Config, step: Step, tasks: list[str]) -> dict:
