@@ -215,8 +215,10 @@ def build_world_data(job: dict) -> dict:
 
 
 def _result(meta, metrics: dict, seconds: float, **extra) -> dict:
+    """Test metrics, and the kept model's validation losses (what a selection rule may read: a variant's
+    choice among cached results can then be replayed without retraining)."""
     return {"auc": metrics["auc"], "logloss": metrics.get("logloss"), "epochs": getattr(meta, "epochs", None),
-            "seconds": seconds, **extra}
+            "valid_loss": getattr(meta, "valid_loss", None), "seconds": seconds, **extra}
 
 
 def _save(results_dir: Path, key: str, record: dict) -> None:
@@ -278,7 +280,7 @@ def train_unit(job: dict) -> dict:
             s = meta.stages[-1]
             rec = {**base, "method": "nmt", **_result(s, metrics, time.time() - start),
                    "audit_source": source, "audit": entries, "breach": any(bool(a.get("breach")) for a in entries),
-                   "lambda_final": s.lambda_final}
+                   "lambda_final": s.lambda_final, "valid_audit": _json_safe(s.constraint_audit)}
             _save(results, keys["nmt"], rec)
             out["nmt"] = rec
             shutil.rmtree(target, ignore_errors=True)

@@ -224,6 +224,12 @@ def test_quick_tiny_run_through_the_cli(tmp_path):
     assert len(data["runs"]) == 1 and (out / "priority.png").is_file()
     # 2 worlds x 1 seed x (single_task, nmt, equal_weights, 3 grid points)
     assert len(data["results"]) == 12
+    # every result keeps its kept model's validation losses, NMT its validation audit (a selection rule
+    # read from validation can be replayed on the cache); the test AUCs are what the judging reads
+    for rec in data["results"].values():
+        assert set(rec["valid_loss"]) >= set(rec["tasks"][:1]) and rec["auc"]
+        if rec["method"] == "nmt":
+            assert [a["task"] for a in rec["valid_audit"]] == rec["tasks"][:1]
     # a rerun trains nothing (--ignore-code: others may edit components/ meanwhile)
     again = subprocess.run(cmd + ["--ignore-code"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 unit(s) to train" in again.stdout
