@@ -133,7 +133,7 @@ class TrainConfig(_Strict):
 # as configured, the dense learning rate eta is train.lr
 NMT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
-              "init": "previous", "anchor": "loss", "higher_weight": 0.0},
+              "init": "previous", "anchor": "loss", "higher_weight": 0.0, "alternatives": []},
 }
 
 
@@ -191,6 +191,33 @@ class NMTConfig(_Strict):
     # a named set of the keys above (NMT_PRESETS); a key it pins may be repeated with the preset's value,
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)
     preset: Optional[Literal["paper"]] = None
+    # variants of the keys above (a mapping each, e.g. {higher_weight: 0.5}): an nmt stage past the first
+    # also trains under each and keeps the model with the lowest validation loss of its own task
+    # (components/train/alternatives.py; one more stage's training per variant)
+    alternatives: list[dict[str, Any]] = []
+
+    @field_validator("alternatives")
+    @classmethod
+    def _alternatives_name_nmt_keys(cls, alternatives):
+        allowed = set(cls.model_fields) - {"alternatives"}
+        out = []
+        for i, alt in enumerate(alternatives):
+            unknown = sorted(set(alt) - allowed)
+            if unknown:
+                raise ValueError(f"alternative {i}: {', '.join(unknown)} not an nmt key (expected some of "
+                                 f"{', '.join(sorted(allowed))})")
+            try:
+                valid = NMTConfig.model_validate(alt)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ValueError(f"alternative {i}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            # the validated values in key order: a variant written otherwise is the same step input
+            out.append({k: getattr(valid, k) for k in sorted(alt)})
+        return out
+
+    def alternative(self, i: int) -> "NMTConfig":
+        """This section with alternative i's keys in place (and no alternatives of its own)."""
+        return NMTConfig.model_validate({**self.model_dump(exclude={"alternatives"}), **self.alternatives[i]})
 
     @model_validator(mode="after")
     def _apply_preset(self):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -137,6 +138,25 @@ def save(out_dir: str | Path, model: torch.nn.Module, meta: StageManifest, *, de
         (tmp / META).write_text(meta.to_json())
         _write_manifest(tmp)  # fsyncs every file and directory
         publish_dir(tmp, out)  # the previous complete checkpoint stays until the new one is in place
+        fsync_path(out.parent)
+    _barrier()
+    return out
+
+
+def republish(src_dir: str | Path, out_dir: str | Path, meta: StageManifest) -> Path:
+    """Collective: a finished checkpoint's files under `out_dir` with `meta` as its manifest (written,
+    checksummed and published as `save` does, so no half-copied checkpoint looks complete)."""
+    out = Path(out_dir)
+    tmp = partial_path(out)
+    if _rank() == 0:
+        partial_dir(out)
+        for f in Path(src_dir).rglob("*"):
+            if f.is_file() and f.name not in (META, MANIFEST):
+                (tmp / f.relative_to(src_dir)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, tmp / f.relative_to(src_dir))
+        (tmp / META).write_text(meta.to_json())
+        _write_manifest(tmp)
+        publish_dir(tmp, out)
         fsync_path(out.parent)
     _barrier()
     return out

@@ -146,3 +146,12 @@ def log_plan(plan, label: str) -> dict:
         log.info("%s sharding plan (world %d):\n%s", label, dist.get_world_size(), plan)
         log.debug("%s", json.dumps(as_json))
     return as_json
+
+
+def shared_tmp(local: str) -> str:
+    """A temporary directory every rank agrees on (rank 0's), for checkpoints written during a stage."""
+    if dist.get_world_size() == 1:
+        return local
+    box = [local]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

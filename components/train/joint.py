@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from nmtrec.components.common.manifest import JOINT_HISTORY, StageManifest, dump_history
 from nmtrec.components.train import checkpoint
-from nmtrec.components.train.stage import _shared_tmp, loss_function, prepare
+from nmtrec.components.train.distributed import shared_tmp
+from nmtrec.components.train.stage import loss_function, prepare
 from nmtrec.components.train.epochs import fit_epochs, mean_losses
 from nmtrec.components.train.objectives.registry import joint_objective
 from nmtrec.components.common.config import Config
@@ -26,7 +27,7 @@ def run_joint(cfg: Config, method: str, dataset_dir: str, out_dir: str) -> Stage
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=0,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
-                              patience=cfg.train.patience, seed=cfg.seed, best_dir=Path(_shared_tmp(tmp)) / "best",
+                              patience=cfg.train.patience, seed=cfg.seed, best_dir=Path(shared_tmp(tmp)) / "best",
                               meta=meta, label=method, loss_fn=loss_fn, shuffle_rows=cfg.train.shuffle_rows)
     valid_loss = mean_losses(dmp, valid, cfg.train.batch_size, loss_fn)
     meta = meta.updated(valid_loss=dict(zip(cfg.tasks, (float(x) for x in valid_loss))), epochs=history["epochs"],

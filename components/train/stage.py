@@ -31,8 +31,10 @@ import torch
 import torch.distributed as dist
 
 from nmtrec.components.train import audit, checkpoint, fallback, paired
+from nmtrec.components.train.alternatives import run_with_alternatives
 from nmtrec.components.train.data import load_split, num_batches
-from nmtrec.components.train.distributed import current_device, init_process_group, log_plan, set_threads, shard
+from nmtrec.components.train.distributed import (current_device, init_process_group, log_plan, set_threads, shard,
+                                                  shared_tmp)
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
 from nmtrec.components.train.losses import per_task
 from nmtrec.components.train.objectives.registry import stage_objective
@@ -121,6 +123,15 @@ def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
 
 def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
               method: str = "nmt") -> StageManifest:
+    """Train stage `stage` into out_dir; an nmt stage past the first with nmt.alternatives trains once per
+    variant and keeps one (components/train/alternatives.py)."""
+    if stage > 0 and method == "nmt" and cfg.nmt.alternatives:
+        return run_with_alternatives(_train_stage, cfg, stage, dataset_dir, out_dir, previous_dir)
+    return _train_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method)
+
+
+def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
+                 method: str = "nmt") -> StageManifest:
     if not 0 <= stage < len(cfg.tasks):
         raise ValueError(f"stage {stage + 1} does not exist for tasks {cfg.tasks}")
     cfg = cfg.model_copy(update={"tasks": cfg.tasks[:stage + 1]})
@@ -187,7 +198,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                                                            f"{task}:{method}"),
                           cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
-        best_dir = resumer.best_dir if resumer else Path(_shared_tmp(tmp)) / "best"
+        best_dir = resumer.best_dir if resumer else Path(shared_tmp(tmp)) / "best"
         history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
                               patience=cfg.train.patience, seed=cfg.seed + stage,
@@ -206,7 +217,7 @@ def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_
                 fit = fallback.train_on_frozen(
                     dmp, dense_opt, previous_dir, stage, train, valid, batch_size=cfg.train.batch_size,
                     max_epochs=cfg.train.max_epochs, patience=cfg.train.patience, seed=cfg.seed + stage,
-                    best_dir=Path(_shared_tmp(tmp)) / "fallback", meta=meta, label=label, loss_fn=loss_fn,
+                    best_dir=Path(shared_tmp(tmp)) / "fallback", meta=meta, label=label, loss_fn=loss_fn,
                     shuffle_rows=cfg.train.shuffle_rows)
                 fell_back = {"breached": breached, "epochs": fit["epochs"]}
                 history["fallback"] = fit  # the constrained attempt's series stay; the summary names the breach
@@ -271,12 +282,3 @@ def _carry_histories(prev: StageManifest | None, previous_dir: str | None) -> tu
             files[history_file(j)] = dump_history(hist)
         summaries.append(replace(s, history=history_file(j) if hist is not None else None, inline_history=None))
     return summaries, files
-
-
-def _shared_tmp(local: str) -> str:
-    """A temporary directory every rank agrees on (rank 0's), for the best-validation checkpoint."""
-    if dist.get_world_size() == 1:
-        return local
-    box = [local]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
