@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch.distributed as dist
 from pydantic import ValidationError
 
 from nmtrec.components.common.config import Config
@@ -26,6 +27,8 @@ def test_the_stage_keeps_the_variant_with_the_lowest_own_validation_loss(tiny_cf
     best = min(click, key=click.get)
 
     cfg = tiny_cfg.updated(nmt={"alternatives": [ALT]})
+    if dist.is_initialized():  # as in a step that reuses stage 1 from the cache: no process group yet
+        dist.destroy_process_group()
     meta = run_stage(cfg, 1, data, str(tmp_path / "both"), s1)
     s = meta.stages[-1]
     assert s.valid_loss == pytest.approx(alone[best].stages[-1].valid_loss, rel=1e-6)

@@ -21,7 +21,7 @@ from nmtrec.components.common.config import Config
 from nmtrec.components.common.manifest import StageManifest
 from nmtrec.components.common.step_inputs import Step, step_inputs_json
 from nmtrec.components.train import checkpoint
-from nmtrec.components.train.distributed import shared_tmp
+from nmtrec.components.train.distributed import init_process_group, shared_tmp
 
 log = logging.getLogger("nmtrec.train")
 
@@ -37,6 +37,7 @@ def run_with_alternatives(train_stage, cfg: Config, stage: int, dataset_dir: str
                           previous_dir: str) -> StageManifest:
     """train_stage(cfg, stage, dataset_dir, out_dir, previous_dir) -> StageManifest: one variant."""
     task = cfg.tasks[stage]
+    init_process_group()  # the ranks agree on one directory for the variants
     with tempfile.TemporaryDirectory(prefix="nmtrec-variants-") as local:
         root = Path(shared_tmp(local))
         metas = [train_stage(c, stage, dataset_dir, str(root / f"variant-{i}"), previous_dir)
