@@ -112,7 +112,6 @@ def step_reads(cfg: Config, step: Step) -> dict:
     return out
 
 
-
 def _task_settings_read(cfg: Config, step: Step, tasks: list[str]) -> dict:
     """The per-task settings a training step reads: those of its tasks only (so appending a task leaves
     the stages above it unchanged); a tolerance only where it constrains a lower task, i.e. in stage k

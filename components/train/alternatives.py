@@ -44,10 +44,10 @@ def run_with_alternatives(train_stage, cfg: Config, stage: int, dataset_dir: str
                  for i, c in enumerate(variants(cfg))]
         losses = [m.stages[-1].valid_loss[task] for m in metas]
         kept = min(range(len(metas)), key=losses.__getitem__)  # ties: the stage's own settings
-        record = [{"nmt": cfg.nmt.alternatives[i - 1] if i else {}, "valid_loss": m.stages[-1].valid_loss,
-                   "kept": i == kept} for i, m in enumerate(metas)]
-        log.info("stage %d (%s): kept %s (validation %s loss %s)", stage + 1, task,
-                 f"alternative {cfg.nmt.alternatives[kept - 1]}" if kept else "its own settings", task,
+        keys = [{}, *cfg.nmt.alternatives]  # what each variant changes ({}: the stage's own settings)
+        record = [{"nmt": k, "valid_loss": m.stages[-1].valid_loss, "kept": i == kept}
+                  for i, (k, m) in enumerate(zip(keys, metas))]
+        log.info("stage %d (%s): kept the variant %s (validation %s loss %s)", stage + 1, task, keys[kept], task,
                  " vs ".join(f"{x:.5f}" for x in losses))
         meta = metas[kept]
         summary = replace(meta.stages[-1], alternatives=record)
