@@ -1,5 +1,6 @@
-"""nmt.alternatives: an NMT stage trains once per variant of its settings and keeps the model with the
-lowest validation loss of its own task -- exactly the model that variant trains alone."""
+"""nmt.alternatives: an NMT stage trains once per variant of its settings and keeps, among the variants no
+worse than the stage as configured on the higher tasks' validation losses, the lowest validation loss of
+its own task -- exactly the model that variant trains alone."""
 import json
 
 import numpy as np
@@ -11,20 +12,35 @@ from nmtrec.components.common.config import Config
 from nmtrec.components.common.step_inputs import Step, step_inputs_json
 from nmtrec.components.evaluate.scoring import predict_checkpoint
 from nmtrec.components.train import checkpoint
+from nmtrec.components.train.alternatives import choose
 from nmtrec.components.train.stage import run_stage
 
 ALT = {"higher_weight": 0.0, "lambda_init": 0.0}
 
 
-def test_the_stage_keeps_the_variant_with_the_lowest_own_validation_loss(tiny_cfg, tiny_dataset, tmp_path):
+def test_a_variant_is_kept_only_where_no_higher_task_is_worse():
+    own = {"like": 0.30, "share": 0.50, "click": 0.60}
+    better_click_worse_like = {"like": 0.31, "share": 0.50, "click": 0.40}
+    better_click_worse_share = {"like": 0.29, "share": 0.51, "click": 0.45}
+    no_worse = {"like": 0.30, "share": 0.49, "click": 0.55}
+    higher = ["like", "share"]
+    assert choose([own, better_click_worse_like], higher, "click") == 0
+    assert choose([own, better_click_worse_share], higher, "click") == 0
+    assert choose([own, better_click_worse_like, no_worse], higher, "click") == 2
+    assert choose([own, {**no_worse, "click": 0.61}], higher, "click") == 0  # worse on its own task
+    assert choose([own, dict(own)], higher, "click") == 0  # ties: the stage as configured
+    assert choose([own, better_click_worse_like], [], "click") == 1  # no higher task: the new task decides
+
+
+def test_the_stage_keeps_the_variant_the_rule_chooses(tiny_cfg, tiny_dataset, tmp_path):
     data = str(tiny_dataset / "dataset")
     run_stage(tiny_cfg, 0, data, str(tmp_path / "s1"))
     s1 = str(tmp_path / "s1")
     alone = {"own": run_stage(tiny_cfg, 1, data, str(tmp_path / "own"), s1),
              "alt": run_stage(tiny_cfg.updated(nmt=ALT), 1, data, str(tmp_path / "alt"), s1)}
-    click = {k: m.stages[-1].valid_loss["click"] for k, m in alone.items()}
-    assert click["own"] != click["alt"]  # the variants train different models
-    best = min(click, key=click.get)
+    losses = {k: m.stages[-1].valid_loss for k, m in alone.items()}
+    assert losses["own"]["click"] != losses["alt"]["click"]  # the variants train different models
+    best = ["own", "alt"][choose([losses["own"], losses["alt"]], ["like"], "click")]
 
     cfg = tiny_cfg.updated(nmt={"alternatives": [ALT]})
     if dist.is_initialized():  # as in a step that reuses stage 1 from the cache: no process group yet
