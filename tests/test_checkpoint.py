@@ -183,3 +183,29 @@ def test_compiled_train_steps_carry_the_retry_policy(tmp_path):
     stages = {k: v for k, v in tasks.items() if k.startswith("train-stage")}
     assert len(stages) == 2 and all(v["retryPolicy"]["maxRetryCount"] == 3 for v in stages.values())
     assert "retryPolicy" not in tasks["evaluate"]
+
+
+def test_republish_moves_the_files_under_the_new_manifest_keeping_their_checksums(stage1, tmp_path):
+    from dataclasses import replace
+
+    want = json.loads((stage1[1] / checkpoint.MANIFEST).read_text())["files"]
+    src = copy_of(stage1[1], tmp_path / "src")
+    meta = checkpoint.read_meta(src)
+    meta = meta.updated(stages=[*meta.stages[:-1], replace(meta.stages[-1], alternatives=[{"nmt": {}}])])
+    checkpoint.republish(src, tmp_path / "out", meta)
+    assert checkpoint.read_meta(tmp_path / "out").to_json() == meta.to_json()
+    got = json.loads((tmp_path / "out" / checkpoint.MANIFEST).read_text())["files"]
+    assert {k: v for k, v in got.items() if k != checkpoint.META} == \
+        {k: v for k, v in want.items() if k != checkpoint.META}
+    assert not [p for p in src.rglob("*") if p.is_file() and p.name not in (checkpoint.META, checkpoint.MANIFEST)]
+    assert not list(tmp_path.glob("*.partial"))
+
+    # a file damaged after training keeps its old checksum: verify names it instead of a new hash hiding it
+    src = copy_of(stage1[1], tmp_path / "src2")
+    f = src / checkpoint.UNSHARDED
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    checkpoint.republish(src, tmp_path / "out2", meta)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.pt: corrupted \(sha256"):
+        checkpoint.read_meta(tmp_path / "out2")

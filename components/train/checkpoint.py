@@ -67,12 +67,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_manifest(root: Path) -> None:
+def _write_manifest(root: Path, known: dict[str, dict] | None = None) -> None:
+    """`known`: manifest entries of files moved here unchanged (their sha256 is not read again; a file
+    whose size differs from its entry is hashed anew)."""
     files = {}
     for p in sorted(root.rglob("*")):
         if p.is_file():
             fsync_path(p)
-            files[str(p.relative_to(root))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            name, size = str(p.relative_to(root)), p.stat().st_size
+            entry = (known or {}).get(name)
+            files[name] = entry if entry and entry["bytes"] == size else {"bytes": size, "sha256": _sha256(p)}
     write_text_atomic(root / MANIFEST, json.dumps({"files": files}, indent=1), fsync=True)
     for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
         fsync_path(d)
@@ -144,18 +148,20 @@ def save(out_dir: str | Path, model: torch.nn.Module, meta: StageManifest, *, de
 
 
 def republish(src_dir: str | Path, out_dir: str | Path, meta: StageManifest) -> Path:
-    """Collective: a finished checkpoint's files under `out_dir` with `meta` as its manifest (written,
-    checksummed and published as `save` does, so no half-copied checkpoint looks complete)."""
-    out = Path(out_dir)
+    """Collective: moves a finished checkpoint's files (`src_dir` is consumed) under `out_dir` with `meta`
+    as its manifest, published as `save` does, so no half-moved checkpoint looks complete. The moved
+    files keep the checksums of `src_dir`'s manifest: a file damaged on the way fails `verify`."""
+    out, src = Path(out_dir), Path(src_dir)
     tmp = partial_path(out)
     if _rank() == 0:
         partial_dir(out)
-        for f in Path(src_dir).rglob("*"):
+        known = json.loads((src / MANIFEST).read_text())["files"]
+        for f in sorted(src.rglob("*")):
             if f.is_file() and f.name not in (META, MANIFEST):
-                (tmp / f.relative_to(src_dir)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, tmp / f.relative_to(src_dir))
+                (tmp / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(f, tmp / f.relative_to(src))
         (tmp / META).write_text(meta.to_json())
-        _write_manifest(tmp)
+        _write_manifest(tmp, known={k: v for k, v in known.items() if k != META})
         publish_dir(tmp, out)
         fsync_path(out.parent)
     _barrier()
