@@ -192,8 +192,9 @@ class NMTConfig(_Strict):
     # any other value is an error naming the key (a run labelled "paper" must be the paper's form)
     preset: Optional[Literal["paper"]] = None
     # variants of the keys above (a mapping each, e.g. {higher_weight: 0.5}): an nmt stage past the first
-    # also trains under each and keeps the model with the lowest validation loss of its own task
-    # (components/train/alternatives.py; one more stage's training per variant)
+    # also trains under each and keeps, among those no worse on any higher task's validation loss than
+    # the stage as configured, the lowest of its own task's (components/train/alternatives.py; one more
+    # stage's training per variant)
     alternatives: list[dict[str, Any]] = []
 
     @field_validator("alternatives")
