@@ -55,8 +55,7 @@ def run_with_alternatives(train_stage, cfg: Config, stage: int, dataset_dir: str
         losses = [m.stages[-1].valid_loss for m in metas]
         kept = choose(losses, cfg.tasks[:stage], task)
         keys = [{}, *cfg.nmt.alternatives]  # what each variant changes ({}: the stage's own settings)
-        record = [{"nmt": k, "valid_loss": m.stages[-1].valid_loss, "kept": i == kept}
-                  for i, (k, m) in enumerate(zip(keys, metas))]
+        record = [{"nmt": k, "valid_loss": v, "kept": i == kept} for i, (k, v) in enumerate(zip(keys, losses))]
         log.info("stage %d (%s): kept the variant %s (validation %s loss %s)", stage + 1, task, keys[kept], task,
                  " vs ".join(f"{x[task]:.5f}" for x in losses))
         meta = metas[kept]
