@@ -78,7 +78,9 @@ def world_config(base: dict, world, sets: list, grid: tuple[str, ...], tiny: boo
 
     raw = copy.deepcopy(base)
     for section, values in world.overrides().items():
-        if isinstance(values, dict) and section != "data":
+        if section == "data":  # the world's data in place of the config's, split kept: one split for all worlds
+            raw[section] = {**{k: v for k, v in raw.get(section, {}).items() if k == "split"}, **values}
+        elif isinstance(values, dict):
             raw[section] = {**raw.get(section, {}), **values}
         else:
             raw[section] = values

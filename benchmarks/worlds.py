@@ -1,9 +1,9 @@
 """The worlds of `nmtrec bench priority`: planted synthetic settings x world seeds, plus the real Tenrec
 sbr extract when ../shared/data holds it. A helper of benchmarks/priority.py (not a benchmark itself).
 
-A world changes only the data section of the bench's one config (the online setting also the model's
-head and the loss: the paper's one shared score trained pairwise). Settings differ in size, positive
-rates and how much the like and click factors share (`conflict`, the correlation of the two factor sets;
+A world changes only the data section of the bench's one config, all but its split, which every world
+shares (the online setting also the model's head and the loss: the paper's one shared score trained
+pairwise). Settings differ in size, positive rates and how much the like and click factors share (`conflict`, the correlation of the two factor sets;
 the like logit shares conflict^2 of its variance with click's):
 - dense:    few users/items, frequent likes (6%), independent factors: the tasks compete for the
             8-dim embeddings (12 latent dimensions to hold), joint training should cost like;
@@ -33,7 +33,6 @@ SETTINGS: dict[str, dict] = {
                              "like_rate": 0.05, "conflict": 0.5}},
 }
 ONLINE = {"model": {"head": "shared_score"}, "train": {"loss": "pairwise"}}
-SPLIT = [0.6, 0.1, 0.3]
 TINY = {"rows": 4_000, "users": 40, "items": 60}
 SBR_FILE = "sbr_data_1M_very_small.csv"
 
@@ -69,7 +68,7 @@ def family(tiny: bool = False, world_seeds=WORLD_SEEDS) -> list[World]:
         for seed in world_seeds:
             syn = {**data["synthetic"], **(TINY if tiny else {})}
             worlds.append(World(name=f"{setting}-{seed}", setting=setting, seed=seed,
-                                data={"source": "synthetic", "synthetic": syn, "split": SPLIT},
+                                data={"source": "synthetic", "synthetic": syn},
                                 extra=ONLINE if setting == "online" else {}))
     return worlds
 
@@ -91,5 +90,5 @@ def sbr_world(root: Path, tiny: bool = False) -> World | None:
     if not path.is_file() or tiny:
         return None
     return World(name="sbr", setting="sbr", seed=7,
-                 data={"source": "tenrec", "path": str(path), "split": SPLIT, "min_count": 2},
+                 data={"source": "tenrec", "path": str(path), "min_count": 2},
                  extra={"tasks": ["like", "share"]}, source=str(path))

@@ -160,6 +160,11 @@ def test_set_overrides_and_world_configs():
         c = priority.world_config(base, fam[name], sets, priority.GRID)
         assert c.nmt == dense.nmt and c.model.embedding_dim == dense.model.embedding_dim
         assert c.train.lr == dense.train.lr and c.seed == fam[name].seed
+        assert list(c.data.split) == base["data"]["split"]  # the world's data, the config's split
+    split = parse_override("data.split=[0.6,0.2,0.2]")
+    assert priority.world_config(base, fam["online-1"], [split], priority.GRID).data.split == (0.6, 0.2, 0.2)
+    other = {**base, "data": {**base["data"], "split": [0.5, 0.25, 0.25]}}  # the config is the one definition
+    assert all(priority.world_config(other, w, [], priority.GRID).data.split == (0.5, 0.25, 0.25) for w in fam.values())
     with pytest.raises(ValueError):
         parse_override("no-equals-sign")
     # --set nmt.* changes only NMT's key: stage 1 and the baselines are reused
