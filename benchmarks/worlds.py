@@ -3,8 +3,9 @@ sbr extract when ../shared/data holds it. A helper of benchmarks/priority.py (no
 
 A world changes only the data section of the bench's one config, all but its split, which every world
 shares (the online setting also the model's head and the loss: the paper's one shared score trained
-pairwise). Settings differ in size, positive rates and how much the like and click factors share (`conflict`, the correlation of the two factor sets;
-the like logit shares conflict^2 of its variance with click's):
+pairwise). Settings differ in size, positive rates and how much the like and click factors share
+(`conflict`, the correlation of the two factor sets; the like logit shares conflict^2 of its variance
+with click's):
 - dense:    few users/items, frequent likes (6%), independent factors: the tasks compete for the
             8-dim embeddings (12 latent dimensions to hold), joint training should cost like;
 - sparse:   more users/items, a long tail (popularity 1.2), rare likes (2.5%), weakly shared factors
