@@ -85,6 +85,38 @@ def test_multipliers_follow_the_standardized_excess_and_the_score_ranks_feasible
     assert float(obj.lam[0]) < lam1 and float(obj.lam[0]) >= 0.0
 
 
+def test_audit_margin_makes_a_stage_held_there_breach_the_test_audit_at_the_nominal_rate():
+    """Simulated: a stage holds its top task at t = -margin on validation rows, so its true change is
+    -margin SE_v plus the validation sample's error; the test audit then sees that truth plus its own."""
+    rng = np.random.default_rng(0)
+    z, nominal = 2.0, 0.02275  # P(N(0,1) > 2)
+    for valid_rows, test_rows in ((6_000, 18_000), (12_000, 12_000), (2_500, 7_500)):
+        se_v, se_t = 1 / np.sqrt(valid_rows), 1 / np.sqrt(test_rows)
+        truth_level = rng.normal(0, se_v, 400_000)  # held level: truth is the validation error, negated
+        level_rate = np.mean((truth_level + rng.normal(0, se_t, truth_level.size)) / se_t > z)
+        m = paired.audit_margin(z, valid_rows, test_rows)
+        truth = -m * se_v + rng.normal(0, se_v, 400_000)
+        rate = np.mean((truth + rng.normal(0, se_t, truth.size)) / se_t > z)
+        assert rate == pytest.approx(nominal, abs=0.002)
+        assert level_rate > 2.5 * nominal  # why: level on validation breaches far more than nominal
+    assert paired.audit_margin(2.0, 6_000, 18_000) == pytest.approx(2.0 * (2.0 - 1.0) / np.sqrt(3.0))
+    assert paired.audit_margin(2.0, 0, 100) == 0.0
+
+
+def test_a_margin_moves_what_the_multipliers_and_the_feasible_epochs_aim_at():
+    level = NMTStage(1, {0: 0.5}, lambda_init=1.0, measure="paired", z=2.0, checks_per_epoch=4, feasible_z=0.0)
+    audit = NMTStage(1, {0: 0.5}, lambda_init=1.0, measure="paired", z=2.0, checks_per_epoch=4, feasible_z=0.0,
+                     margin=1.0)
+    check = {0: paired.Paired(mean=-0.0005, se=0.001, rows=100)}  # t = -0.5: better, but not by a margin of 1
+    for obj in (level, audit):
+        obj.after_check(check)
+    assert level.valid_score(torch.tensor([0.5, 0.3])) == pytest.approx(0.3)
+    assert audit.valid_score(torch.tensor([0.5, 0.3])) > INFEASIBLE
+    assert float(audit.lam[0]) > float(level.lam[0])
+    audit.after_check({0: paired.Paired(mean=-0.0015, se=0.001, rows=100)})  # t = -1.5: past the margin
+    assert audit.valid_score(torch.tensor([0.5, 0.3])) == pytest.approx(0.3)
+
+
 @pytest.mark.slow
 def test_warmup_keeps_the_higher_task_bit_identical_and_stage_audits_out_of_sample(tiny_cfg, tiny_dataset, tmp_path):
     from nmtrec.components.train.stage import run_stage

@@ -15,7 +15,7 @@ PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warm
 # switch, the preset itself, keys that only the `paired` measurement reads (the preset measures `train`), and
 # what patience counts (the paper trains a fixed number of epochs; every nmtrec stage stops on validation)
 AS_CONFIGURED = {"tau", "lambda_init", "tolerance", "relative_tolerance", "fail_on_breach", "preset", "z",
-                 "checks_per_epoch", "feasible_z", "catch_up", "patience_on", "rank_by_auc",
+                 "checks_per_epoch", "feasible_z", "catch_up", "patience_on", "rank_by_auc", "aim",
                  "fallback"}  # fallback: fresh stages only; the paper's form continues from the previous one
 
 

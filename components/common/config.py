@@ -172,6 +172,11 @@ class NMTConfig(_Strict):
     # paired: an epoch is a candidate for the stage's early stopping when no higher task's paired t
     # exceeds this (0: not worse on average on validation; the audits keep z)
     feasible_z: float = 0.0
+    # paired: what the multipliers and the epoch choice hold each higher task at on validation: "level" (no
+    # change: t = 0) or "audit" (a margin below level derived from z and the sizes of the validation and test
+    # splits, so that a stage held exactly there passes the out-of-sample audit at its nominal rate;
+    # components/train/paired.audit_margin)
+    aim: Literal["level", "audit"] = "level"
     # paired: a multiplier does not rise while its task's mean paired change still reaches new lows (a fresh
     # stage k is catching up with the higher tasks; only an excess that has stopped shrinking is a conflict)
     catch_up: bool = True

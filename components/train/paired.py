@@ -99,6 +99,20 @@ def compare(current: np.ndarray, reference: np.ndarray, allowance: float = 0.0,
     return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d), allowance)
 
 
+def audit_margin(z: float, valid_rows: int, test_rows: int) -> float:
+    """How many validation standard errors below level a stage must hold a higher task (t = -margin) for
+    the test audit to flag it no more often than its nominal rate P(N(0,1) > z). Held level on the
+    validation rows, the task is level in truth only up to their sampling error (variance SE_v^2), so
+    its test t is N(0, 1 + r), r = SE_v^2 / SE_t^2 = test_rows / valid_rows, and breaches far more often
+    than the nominal rate when validation is the smaller split. Held at -margin SE_v, the test t is
+    N(-margin sqrt(r), 1 + r), whose tail above z equals the nominal one when
+    margin = z (sqrt(1 + r) - 1) / sqrt(r)."""
+    if valid_rows <= 0 or test_rows <= 0:
+        return 0.0
+    r = test_rows / valid_rows
+    return float(z * (np.sqrt(1.0 + r) - 1.0) / np.sqrt(r))
+
+
 def pairwise_positives(loss: str | list[str], labels: np.ndarray | None, task: int) -> np.ndarray | None:
     """The positive rows of `task` when its loss is `pairwise` (for `compare`), else None."""
     if (loss if isinstance(loss, str) else loss[task]) != "pairwise":

@@ -160,8 +160,14 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
         bound, bound_tol = frozen_valid, {j: 0.0 for j in frozen_valid}
     else:  # the paper's f_j <= f_j* + r_j on training batches
         bound, bound_tol = frozen, {j: tol[t] for j, t in enumerate(higher)}
+    margin = 0.0
+    if stage > 0 and cfg.nmt.aim == "audit" and cfg.nmt.constraint_data == "paired":
+        rows = spec.rows_per_split()
+        margin = paired.audit_margin(cfg.nmt.z, rows.get("valid", 0), rows.get("test", 0))
+        log.info("%s: holds the higher tasks %.2f validation standard errors below level (nmt.aim: audit)",
+                 label, margin)
     objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
-                                num_batches(train, cfg.train.batch_size))
+                                num_batches(train, cfg.train.batch_size), margin)
     frozen_rows = {split: paired.load_rows(previous_dir, split) for split in ("valid", "test")} if prev else {}
     frozen_scores = {split: paired.load_rows(previous_dir, split, paired.scores_file)
                      for split in ("valid", "test")} if prev else {}

@@ -58,18 +58,21 @@ class NMTStage(Objective):
                  frozen_valid: dict[int, float] | None = None, valid_tolerance: dict[int, float] | None = None,
                  measure: str = "train", steps_per_epoch: int = 1, z: float = 2.0, checks_per_epoch: int = 1,
                  anchor: str = "loss", higher_weight: float = 0.0, feasible_z: float | None = None,
-                 catch_up: bool = False, patience_on: str = "kept"):
+                 catch_up: bool = False, patience_on: str = "kept", margin: float = 0.0):
         """frozen/tolerance: f_j* and r_j of the constraint the multipliers follow -- on training data,
         with measure "valid" on validation batches (the loop passes their losses to after_step), with
         "paired" through after_check. frozen_valid/valid_tolerance: the validation bound of the
         early-stopping score (not used by "paired", whose bound is feasible_z standard errors, default z).
-        anchor/higher_weight: see the module docstring; "distill" needs the loop to pass `divergence`."""
+        anchor/higher_weight: see the module docstring; "distill" needs the loop to pass `divergence`.
+        margin (paired): the multipliers and the feasible epochs hold each higher task at t = -margin instead
+        of level (nmt.aim "audit": components/train/paired.audit_margin)."""
         self.task = task
         self.higher_weight = higher_weight
         self.needs_teacher = anchor == "distill"
         self.feasible_z = z if feasible_z is None else feasible_z
         self.catch_up, self.lowest = catch_up, {}  # paired: each task's lowest mean change so far
         self.patience_on = patience_on
+        self.margin = margin
         self.measure = measure
         self.needs_held_out_losses = measure == "valid"
         self.needs_paired_checks = measure == "paired"
@@ -126,7 +129,7 @@ class NMTStage(Objective):
         self.checks = checks
         # the multipliers aim at the frozen quality itself (t = 0); z is the audits' noise allowance,
         # not a budget to spend on the stage's task
-        t = torch.tensor([checks[j].t() for j in self.constrained], dtype=torch.float64)
+        t = torch.tensor([checks[j].t() + self.margin for j in self.constrained], dtype=torch.float64)
         if self.catch_up:
             for i, j in enumerate(self.constrained):
                 if j not in self.lowest or checks[j].mean < self.lowest[j]:
@@ -145,7 +148,8 @@ class NMTStage(Objective):
         errors there is spent by the selection, so by default an epoch must be no worse on average
         (feasible_z 0) and z is left to the audits, which see the test split once."""
         if self.needs_paired_checks:
-            excess = sum(max(0.0, c.t() - self.feasible_z) for c in self.checks.values()) if self.checks else 0.0
+            excess = sum(max(0.0, c.t() + self.margin - self.feasible_z)
+                         for c in self.checks.values()) if self.checks else 0.0
         else:
             excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
                          for j, v in self.frozen_valid.items())

@@ -20,8 +20,10 @@ def joint_objective(name: str, num_tasks: int):
 
 
 def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], tolerance: dict[int, float],
-                    frozen_valid: dict[int, float], valid_tolerance: dict[int, float], steps_per_epoch: int = 1):
-    """frozen/tolerance: what the multipliers aim at; frozen_valid/valid_tolerance: the early-stopping bound."""
+                    frozen_valid: dict[int, float], valid_tolerance: dict[int, float], steps_per_epoch: int = 1,
+                    margin: float = 0.0):
+    """frozen/tolerance: what the multipliers aim at; frozen_valid/valid_tolerance: the early-stopping bound;
+    margin: paired, the standard errors below level they aim at (nmt.aim)."""
     if stage == 0:
         return SingleTask(0)
     kw = dict(lambda_init=nmt_cfg.lambda_init, tau=nmt_cfg.tau, tolerance=tolerance, ema=nmt_cfg.ema,
@@ -31,4 +33,4 @@ def stage_objective(method: str, stage: int, nmt_cfg, frozen: dict[int, float], 
     if method == "famo+nmt":  # the paper's form: FAMO balances f_k against the loss constraint term
         return FAMONMTStage(stage, frozen, **kw)
     return NMTStage(stage, frozen, anchor=nmt_cfg.anchor, higher_weight=nmt_cfg.higher_weight,
-                    feasible_z=nmt_cfg.feasible_z, catch_up=nmt_cfg.catch_up, **kw)
+                    feasible_z=nmt_cfg.feasible_z, catch_up=nmt_cfg.catch_up, margin=margin, **kw)
