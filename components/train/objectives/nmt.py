@@ -21,9 +21,10 @@ How the constraints are measured (`nmt.constraint_data`, `measure` here):
 - `paired` (default): a few times an epoch the loop measures every higher task on the whole validation
   split against its frozen model, row by row (components/train/paired.py), and calls `after_check`.
   The multipliers follow t_j = mean paired loss difference / its standard error: they aim at the
-  frozen quality itself (t = 0), scale-free and data-driven, so one setting serves every data set;
-  an epoch is feasible when no higher task is worse on average (t <= feasible_z, 0 by default; z is
-  the audits' allowance). Aiming at t = z instead (spending the noise allowance) cost the top task over
+  frozen quality itself (t = 0; with `nmt.aim: audit` a margin below it that the out-of-sample audit
+  needs, components/train/paired.audit_margin), scale-free and data-driven, so one setting serves
+  every data set; an epoch is feasible when no higher task is worse on average (t <= feasible_z, 0 by
+  default, less the margin; z is the audits' allowance). Aiming at t = z instead (spending the noise allowance) cost the top task over
   `nmtrec bench priority`'s worlds.
 - `valid`: one validation batch per step against the frozen validation loss (the loop passes its
   losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
@@ -127,8 +128,8 @@ class NMTStage(Objective):
         """A paired measurement {j: Paired} of every constrained task on the validation split; the
         multipliers follow its standardized change t_j (clipped), the early-stopping score reads it."""
         self.checks = checks
-        # the multipliers aim at the frozen quality itself (t = 0); z is the audits' noise allowance,
-        # not a budget to spend on the stage's task
+        # the multipliers aim at the frozen quality itself (t = 0), or a margin below it (nmt.aim: audit);
+        # z is the audits' noise allowance, not a budget to spend on the stage's task
         t = torch.tensor([checks[j].t() + self.margin for j in self.constrained], dtype=torch.float64)
         if self.catch_up:
             for i, j in enumerate(self.constrained):
