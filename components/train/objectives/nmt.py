@@ -24,8 +24,8 @@ How the constraints are measured (`nmt.constraint_data`, `measure` here):
   frozen quality itself (t = 0; with `nmt.aim: audit` a margin below it that the out-of-sample audit
   needs, components/train/paired.audit_margin), scale-free and data-driven, so one setting serves
   every data set; an epoch is feasible when no higher task is worse on average (t <= feasible_z, 0 by
-  default, less the margin; z is the audits' allowance). Aiming at t = z instead (spending the noise allowance) cost the top task over
-  `nmtrec bench priority`'s worlds.
+  default, less the margin; z is the audits' allowance). Aiming at t = z instead (spending the noise
+  allowance) cost the top task over `nmtrec bench priority`'s worlds.
 - `valid`: one validation batch per step against the frozen validation loss (the loop passes its
   losses as `held_out`); `train`: the training batch against the frozen training loss (the paper).
   One batch's loss is a noisy estimate of f_j, so these updates follow g_j, an exponential moving
