@@ -43,6 +43,8 @@ def tiny_config(**overrides) -> Config:
         "model": {"embedding_dim": 8, "num_experts": 2, "expert_dims": [16], "tower_dims": [8]},
         # one thread: tiny matrices on a shared 2-core machine run many times faster than with two
         "train": {"batch_size": 256, "max_epochs": 2, "patience": 0, "threads": 1},
+        # one training per stage (the default's variant doubles stage 2; tests/test_alternatives.py trains variants)
+        "nmt": {"alternatives": []},
     }
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

@@ -176,6 +176,20 @@ def test_set_overrides_and_world_configs():
     assert priority.method_keys(plain, "d", 2)["single_task"] != k1["single_task"]
 
 
+def test_the_bench_and_the_demo_judge_the_package_nmt_defaults():
+    """What `nmtrec bench priority` measures and the demo shows is NMT as a config without an nmt section
+    gets it: a setting the bench's config added would be judged there but not shipped."""
+    import yaml
+
+    from nmtrec.components.common.config import Config, load_config
+
+    base = yaml.safe_load((ROOT / "configs" / "bench_priority.yaml").read_text())
+    default = Config.model_validate({"tasks": TASKS}).nmt
+    assert all(priority.world_config(base, w, [], priority.GRID).nmt == default for w in worlds.family())
+    assert load_config(ROOT / "configs" / "demo.yaml").nmt == default
+    assert default.aim == "audit" and len(default.alternatives) == 1
+
+
 def test_a_changed_unread_default_keeps_the_baselines_keys(monkeypatch):
     """A new nmt.* default (what a new key or a changed default is to the other steps) changes every
     step's given config, but the bench keys hash only what a step reads: stage 1 and the joint baselines

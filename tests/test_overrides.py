@@ -45,7 +45,7 @@ def test_an_override_equals_the_same_edit_in_the_file(tmp_path):
         raw["train"]["lr"] = 0.01
         raw["data"]["synthetic"]["rows"] = 1000
         raw["tasks"][1] = {"name": "click", "loss": "pairwise"}
-        raw["nmt"]["constraint_data"] = "valid"
+        raw.setdefault("nmt", {})["constraint_data"] = "valid"
         raw["tasks"][0] = {"name": "like", "tolerance": 0.002}
     sets = ["model.arch=ple", "train.lr=0.01", "data.synthetic.rows=1000", "tasks.1.loss=pairwise",
             "nmt.constraint_data=valid", "tasks.0.tolerance=0.002"]
