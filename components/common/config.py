@@ -127,16 +127,16 @@ class TrainConfig(_Strict):
     shuffle_rows: int = Field(1 << 18, gt=0)
 
 
+# The variant an nmt stage also trains by default (nmt.alternatives): half the higher tasks' own loss weight,
+# multipliers from 0, epochs feasible only 1 SE better than level. Where a lower task helps the top one, the
+# stage as configured sits at the joint curve's 0.5:0.5 point and this one nearer the points weighted
+# towards the new task, which dominate it there (README, "Variants of a stage").
+DEFAULT_ALTERNATIVE = {"feasible_z": -1.0, "higher_weight": 0.5, "lambda_init": 0.0}
+
 # nmt.preset: the keys a preset pins (every other key stays as configured). "paper": the paper's exact
 # form -- projected gradient ascent lambda += tau * g on the training-loss constraints f_j <= f_j* + r_j,
 # the raw batch value (no smoothing), no warm-up; tau, lambda_init and r (tolerance, relative_tolerance)
 # as configured, the dense learning rate eta is train.lr
-# The variant an nmt stage also trains by default (nmt.alternatives): half the higher tasks' own loss weight,
-# multipliers from 0, epochs feasible only 1 SE better than level. Where a lower task helps the top one, the
-# stage as configured sits at the joint curve's 0.5:0.5 point and this one nearer the click-heavy points that
-# dominate it there (README, "Variants of a stage").
-DEFAULT_ALTERNATIVE = {"feasible_z": -1.0, "higher_weight": 0.5, "lambda_init": 0.0}
-
 NMT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
               "init": "previous", "anchor": "loss", "higher_weight": 0.0, "alternatives": []},
