@@ -124,13 +124,17 @@ class NMTStage(Objective):
         self.violation = g if self.violation is None else self.ema * self.violation + (1 - self.ema) * g
         self.lam = self.update.step(self.violation, self.frozen)
 
+    def held_t(self, check) -> float:
+        """A paired check's t against what the stage holds its task at: level, or the margin below it."""
+        return check.t() + self.margin
+
     def after_check(self, checks: dict, step_multipliers: bool = True):
         """A paired measurement {j: Paired} of every constrained task on the validation split; the
         multipliers follow its standardized change t_j (clipped), the early-stopping score reads it."""
         self.checks = checks
         # the multipliers aim at the frozen quality itself (t = 0), or a margin below it (nmt.aim: audit);
         # z is the audits' noise allowance, not a budget to spend on the stage's task
-        t = torch.tensor([checks[j].t() + self.margin for j in self.constrained], dtype=torch.float64)
+        t = torch.tensor([self.held_t(checks[j]) for j in self.constrained], dtype=torch.float64)
         if self.catch_up:
             for i, j in enumerate(self.constrained):
                 if j not in self.lowest or checks[j].mean < self.lowest[j]:
@@ -149,8 +153,8 @@ class NMTStage(Objective):
         errors there is spent by the selection, so by default an epoch must be no worse on average
         (feasible_z 0) and z is left to the audits, which see the test split once."""
         if self.needs_paired_checks:
-            excess = sum(max(0.0, c.t() + self.margin - self.feasible_z)
-                         for c in self.checks.values()) if self.checks else 0.0
+            checks = self.checks.values() if self.checks else ()
+            excess = sum(max(0.0, self.held_t(c) - self.feasible_z) for c in checks)
         else:
             excess = sum(max(0.0, float(valid_losses[j]) - v - self.valid_tolerance[j]) / v
                          for j, v in self.frozen_valid.items())
