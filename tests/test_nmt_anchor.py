@@ -55,7 +55,7 @@ def test_divergence_is_the_bernoulli_kl_from_the_teacher(tiny_cfg, tiny_dataset,
     teacher = Teacher(tmp_path / "s1", cfg.model, spec, 1, torch.device("cpu"))
     kjt = next(iter(eval_batches(load_split(data, spec, "valid", ["like", "click"]), 512)))[0]
     p = teacher.probabilities(kjt).double().numpy()[:, 0]
-    assert float(teacher.divergence(teacher.model(kjt), kjt)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(teacher.divergence(teacher.models[0](kjt), kjt)[0]) == pytest.approx(0.0, abs=1e-6)
     logits = torch.randn(len(p), 2, dtype=torch.float64)  # a two-task model's output: task 0 is compared
     q = 1 / (1 + np.exp(-logits[:, 0].numpy()))
     kl = np.mean(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q)))
@@ -127,7 +127,7 @@ def test_teacher_is_skipped_while_every_multiplier_is_zero(tiny_cfg, tiny_datase
     spec = FeatureSpec.read(data)
     teacher = Teacher(tmp_path / "s1", cfg.model, spec, 1, torch.device("cpu"))
     calls = []
-    teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    teacher.models[0].register_forward_hook(lambda *_: calls.append(1))
     torch.manual_seed(0)
     student = build_model(cfg.model, spec, 2, device="cpu")
     kjt, labels, _ = next(iter(eval_batches(load_split(data, spec, "valid", ["like", "click"]), 512)))

@@ -10,7 +10,7 @@ from nmtrec.components.common.config import NMT_PRESETS, Config, ConfigError, NM
 
 PAPER = {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
          "init": "previous", "anchor": "loss", "higher_weight": 0.0,
-         "alternatives": []}  # one stage as the paper trains it, no variants kept on validation
+         "alternatives": [], "distill_variants": False}  # one model a stage as the paper trains it, no variants
 # the keys the paper preset leaves as configured: the paper's own knobs (tau, lambda_init, r), the audit
 # switch, the preset itself, keys that only the `paired` measurement reads (the preset measures `train`), and
 # what patience counts (the paper trains a fixed number of epochs; every nmtrec stage stops on validation)

@@ -139,7 +139,8 @@ DEFAULT_ALTERNATIVE = {"feasible_z": -1.0, "higher_weight": 0.5, "lambda_init": 
 # as configured, the dense learning rate eta is train.lr
 NMT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"multiplier": "gradient", "constraint_data": "train", "ema": 0.0, "warmup_epochs": 0,
-              "init": "previous", "anchor": "loss", "higher_weight": 0.0, "alternatives": []},
+              "init": "previous", "anchor": "loss", "higher_weight": 0.0, "alternatives": [],
+              "distill_variants": False},
 }
 
 
@@ -209,11 +210,15 @@ class NMTConfig(_Strict):
     # stage's training per variant; the default's one variant is what `nmtrec bench priority` judges: README)
     alternatives: list[dict[str, Any]] = Field(default_factory=lambda: [dict(DEFAULT_ALTERNATIVE)],
                                                validate_default=True)
+    # with alternatives: the stage also trains one fresh model distilled from all its variants (their averaged
+    # predictions) and offers it to the same choice (components/train/objectives/distilled.py; one more
+    # stage's training)
+    distill_variants: bool = True
 
     @field_validator("alternatives")
     @classmethod
     def _alternatives_name_nmt_keys(cls, alternatives):
-        allowed = set(cls.model_fields) - {"alternatives"}
+        allowed = set(cls.model_fields) - {"alternatives", "distill_variants"}
         out = []
         for i, alt in enumerate(alternatives):
             unknown = sorted(set(alt) - allowed)

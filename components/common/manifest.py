@@ -53,8 +53,9 @@ class StageSummary:
     # model with its own task's parameters trained on it (components/train/fallback.py):
     # {"breached": [tasks], "epochs": epochs of that training}
     fallback: Optional[dict] = None
-    # nmt.alternatives: every variant the stage trained, [{"nmt": its keys ({} for the stage's own settings),
-    # "valid_loss": {task: loss}, "kept": bool}] (components/train/alternatives.py)
+    # nmt.alternatives: every candidate the stage trained, [{"nmt": its keys ({} for the stage's own settings),
+    # "distilled_from" [variant indices] for the model distilled from them (nmt.distill_variants), "valid_loss":
+    # {task: loss}, "kept": bool}] (components/train/alternatives.py)
     alternatives: Optional[list[dict]] = None
     # a version-1 manifest's inline series; never written back
     inline_history: Optional[dict] = field(default=None, compare=False, repr=False)

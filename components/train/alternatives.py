@@ -8,8 +8,10 @@ constraints, multipliers, early stopping and fallback. A variant replaces the st
 where it is no worse on any higher task's validation loss (priority first: a variant may not trade a
 higher task for the new one, even within the constraints' tolerance), and among those the lowest
 validation loss of the new task is kept: the stage's early stopping, applied across the variants too.
-The kept checkpoint is republished under the stage's own config with every variant's validation losses
-in its summary.
+With `nmt.distill_variants` the stage also trains one fresh model distilled from all the variants (their
+averaged predictions: components/train/objectives/distilled.py) and offers it to the same choice. The kept
+checkpoint is republished under the stage's own config with every candidate's validation losses in its
+summary.
 """
 from __future__ import annotations
 
@@ -45,22 +47,30 @@ def choose(valid_losses: list[dict[str, float]], higher: list[str], task: str) -
 
 def run_with_alternatives(train_stage, cfg: Config, stage: int, dataset_dir: str, out_dir: str,
                           previous_dir: str) -> StageManifest:
-    """train_stage(cfg, stage, dataset_dir, out_dir, previous_dir) -> StageManifest: one variant."""
+    """train_stage(cfg, stage, dataset_dir, out_dir, previous_dir, teachers=None) -> StageManifest: one variant
+    (teachers: the variants' artifacts, to distill a model from)."""
     task = cfg.tasks[stage]
     init_process_group()  # the ranks agree on one directory for the variants
     with tempfile.TemporaryDirectory(prefix="nmtrec-variants-") as local:
         root = Path(shared_tmp(local))
-        metas = [train_stage(c, stage, dataset_dir, str(root / f"variant-{i}"), previous_dir)
-                 for i, c in enumerate(variants(cfg))]
+        configs = variants(cfg)
+        dirs = [str(root / f"variant-{i}") for i in range(len(configs))]
+        metas = [train_stage(c, stage, dataset_dir, d, previous_dir) for c, d in zip(configs, dirs)]
+        # what each candidate is: the variant's changed keys ({}: the stage's own settings), or distilled
+        records = [{"nmt": k} for k in [{}, *cfg.nmt.alternatives]]
+        if cfg.nmt.distill_variants:
+            dirs.append(str(root / "distilled"))
+            metas.append(train_stage(configs[0], stage, dataset_dir, dirs[-1], previous_dir, teachers=dirs[:-1]))
+            records.append({"nmt": {}, "distilled_from": list(range(len(configs)))})
         losses = [m.stages[-1].valid_loss for m in metas]
         kept = choose(losses, cfg.tasks[:stage], task)
-        keys = [{}, *cfg.nmt.alternatives]  # what each variant changes ({}: the stage's own settings)
-        record = [{"nmt": k, "valid_loss": v, "kept": i == kept} for i, (k, v) in enumerate(zip(keys, losses))]
-        log.info("stage %d (%s): kept the variant %s (validation %s loss %s)", stage + 1, task, keys[kept], task,
-                 " vs ".join(f"{x[task]:.5f}" for x in losses))
+        record = [{**r, "valid_loss": v, "kept": i == kept} for i, (r, v) in enumerate(zip(records, losses))]
+        log.info("stage %d (%s): kept the %s (validation %s loss %s)", stage + 1, task,
+                 "distilled model" if "distilled_from" in records[kept] else f"variant {records[kept]['nmt']}",
+                 task, " vs ".join(f"{x[task]:.5f}" for x in losses))
         meta = metas[kept]
         summary = replace(meta.stages[-1], alternatives=record)
         meta = meta.updated(stages=[*meta.stages[:-1], summary],
                             config=json.loads(step_inputs_json(cfg, Step("stage", stage))))
-        checkpoint.republish(root / f"variant-{kept}", out_dir, meta)
+        checkpoint.republish(dirs[kept], out_dir, meta)
     return meta

@@ -17,6 +17,9 @@ its best validation epoch has a training loss biased low, so that form reads vio
 there). A stage ends with two audits of every higher task: on validation (what chose the epoch) and,
 reported only, on the test split (components/train/paired.py `paired_audit`). A fresh stage whose own
 model fails the validation audit falls back to stage k-1's model (components/train/fallback.py).
+A stage given `teachers` (its variants' artifacts, components/train/alternatives.py) trains a fresh model
+distilled from them instead (components/train/objectives/distilled.py): no multipliers and no fallback,
+the variants' choice holds it to the higher tasks; its audits are written as for any stage.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from nmtrec.components.train.distributed import (current_device, init_process_gr
                                                   shared_tmp)
 from nmtrec.components.train.epochs import fit_epochs, mean_losses, task_losses
 from nmtrec.components.train.losses import per_task
+from nmtrec.components.train.objectives.distilled import Distilled
 from nmtrec.components.train.objectives.registry import stage_objective
 from nmtrec.components.train.resume import Resumer, stage_key
 from nmtrec.components.train.teacher import Teacher
@@ -49,6 +53,8 @@ from nmtrec.components.common.manifest import StageManifest, StageSummary, dump_
 from nmtrec.components.common.step_inputs import Step, step_inputs_json
 
 log = logging.getLogger("nmtrec.train")
+
+DISTILLED_SEED = 100  # a distilled model's initialisation and data order differ from the variants'
 
 
 def config_diff(a, b, prefix: str = "") -> list[str]:
@@ -124,19 +130,23 @@ def tolerances(cfg: Config, optima: dict[str, float]) -> dict[str, float]:
 def run_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
               method: str = "nmt") -> StageManifest:
     """Train stage `stage` into out_dir; an nmt stage past the first with nmt.alternatives trains once per
-    variant and keeps one (components/train/alternatives.py)."""
+    variant (and one model distilled from them) and keeps one (components/train/alternatives.py)."""
     if stage > 0 and method == "nmt" and cfg.nmt.alternatives:
         return run_with_alternatives(_train_stage, cfg, stage, dataset_dir, out_dir, previous_dir)
     return _train_stage(cfg, stage, dataset_dir, out_dir, previous_dir, method)
 
 
 def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previous_dir: str | None = None,
-                 method: str = "nmt") -> StageManifest:
+                 method: str = "nmt", teachers: list[str] | None = None) -> StageManifest:
+    """teachers: the artifacts of the stage's variants; the stage then trains a fresh model distilled from
+    them (components/train/objectives/distilled.py) instead of the constrained objective."""
     if not 0 <= stage < len(cfg.tasks):
         raise ValueError(f"stage {stage + 1} does not exist for tasks {cfg.tasks}")
     cfg = cfg.model_copy(update={"tasks": cfg.tasks[:stage + 1]})
     task = cfg.tasks[stage]
-    label = f"stage {stage + 1} ({task})" + (f" [{method}]" if stage and method != "nmt" else "")
+    distilled = teachers is not None
+    label = f"stage {stage + 1} ({task})" + (f" [{method}]" if stage and method != "nmt" else "") + \
+        (" [distilled]" if distilled else "")
     prev = None
     if stage > 0:
         if previous_dir is None:
@@ -144,9 +154,10 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
         prev = checkpoint.read_meta(previous_dir)
         check_previous(prev, cfg, stage, previous_dir)
 
-    spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, cfg.seed + stage, label)
+    seed = cfg.seed + stage + (DISTILLED_SEED if distilled else 0)
+    spec, train, valid, dmp, dense_opt, plan = prepare(cfg, dataset_dir, seed, label)
     # famo+nmt is the paper's form: it continues from the previous parameters and weighs the losses
-    fresh = prev is not None and method == "nmt" and cfg.nmt.init == "fresh"
+    fresh = prev is not None and method == "nmt" and (cfg.nmt.init == "fresh" or distilled)
     if prev is not None and not fresh:
         checkpoint.load_into(previous_dir, dmp, allow_new_heads=True, check=False)
 
@@ -166,15 +177,16 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
         margin = paired.audit_margin(cfg.nmt.z, rows.get("valid", 0), rows.get("test", 0))
         log.info("%s: holds the higher tasks %.2f validation standard errors below level (nmt.aim: audit)",
                  label, margin)
-    objective = stage_objective(method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol,
-                                num_batches(train, cfg.train.batch_size), margin)
+    objective = Distilled() if distilled else stage_objective(
+        method, stage, cfg.nmt, bound, bound_tol, frozen_valid, valid_tol, num_batches(train, cfg.train.batch_size),
+        margin)
     frozen_rows = {split: paired.load_rows(previous_dir, split) for split in ("valid", "test")} if prev else {}
     frozen_scores = {split: paired.load_rows(previous_dir, split, paired.scores_file)
                      for split in ("valid", "test")} if prev else {}
     checker = warmup = None
     # pairwise higher tasks judged by the AUC they lose (nmt.rank_by_auc): by the checks, the fallback and the audits
     ranked = tuple(t for t in higher if cfg.nmt.rank_by_auc and cfg.loss_of(t) == "pairwise")
-    if stage > 0:
+    if stage > 0 and not distilled:  # a distilled model is held to the rule of the variants' choice instead
         if cfg.nmt.constraint_data == "paired":
             missing = [t for t in higher if t not in frozen_rows["valid"]]
             if missing:
@@ -191,7 +203,9 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
                                          {j: cfg.tolerance_of(t) for j, t in enumerate(higher)}, ranking)
         warmup = Warmup(dmp, stage, 0 if fresh else cfg.nmt.warmup_epochs)
     teacher = None
-    if getattr(objective, "needs_teacher", False):
+    if distilled:
+        teacher = Teacher(teachers, cfg.model, spec, len(cfg.tasks), current_device())
+    elif getattr(objective, "needs_teacher", False):
         teacher = Teacher(previous_dir, cfg.model, spec, stage, current_device())
     loss_fn = loss_function(cfg)
     inputs_json = step_inputs_json(cfg, Step("stage", stage))  # what the stage depends on: its identity
@@ -201,13 +215,13 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
     resumer = None
     if cfg.train.resume_root:
         resumer = Resumer(cfg.train.resume_root, stage_key(inputs_json, stage,
-                                                           f"{task}:{method}"),
+                                                           f"{task}:{method}" + (":distilled" if distilled else "")),
                           cfg.train.checkpoint_every, meta, plan)
     with tempfile.TemporaryDirectory(prefix="nmtrec-best-") as tmp:
         best_dir = resumer.best_dir if resumer else Path(shared_tmp(tmp)) / "best"
         history = fit_epochs(dmp, dense_opt, objective, train, valid, stage_task=stage,
                               batch_size=cfg.train.batch_size, max_epochs=cfg.train.max_epochs,
-                              patience=cfg.train.patience, seed=cfg.seed + stage,
+                              patience=cfg.train.patience, seed=seed,
                               best_dir=best_dir, meta=meta, label=label, resumer=resumer, loss_fn=loss_fn,
                               paired=checker, checks_per_epoch=cfg.nmt.checks_per_epoch, warmup=warmup,
                               shuffle_rows=cfg.train.shuffle_rows, teacher=teacher)

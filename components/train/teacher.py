@@ -1,9 +1,14 @@
-"""The previous stage's model as the teacher of the higher tasks (`nmt.anchor: distill`).
+"""Frozen models whose predictions a stage learns from.
 
-An unsharded, frozen copy of stage k-1's model scores each training batch; the stage's objective weighs
-the divergence of the current model's higher-task predictions from it (components/train/objectives/
-nmt.py). Each process holds the whole copy (its tables too): cheap for the models nmtrec trains on one
-machine; a sharded teacher would be the next step for tables that do not fit one device.
+- The previous stage's model, teacher of the higher tasks (`nmt.anchor: distill`): the stage's objective
+  weighs the divergence of the current model's higher-task predictions from it (components/train/
+  objectives/nmt.py).
+- A stage's variants, teachers of every task of the model distilled from them (`nmt.distill_variants`,
+  components/train/objectives/distilled.py): their predicted probabilities averaged.
+
+Unsharded, frozen copies score each training batch. Each process holds the whole copies (their tables
+too): cheap for the models nmtrec trains on one machine; a sharded teacher would be the next step for
+tables that do not fit one device.
 """
 from __future__ import annotations
 
@@ -17,15 +22,19 @@ from nmtrec.models.registry import build_model
 
 
 class Teacher:
-    def __init__(self, previous_dir: str | Path, model_cfg, spec, num_higher: int, device: torch.device):
-        model = build_model(model_cfg, spec, num_higher, device="cpu")
-        load_unsharded(previous_dir, model, check=False)  # the stage verified the checkpoint already
-        self.model = model.eval().requires_grad_(False).to(device)
+    def __init__(self, checkpoints: str | Path | list, model_cfg, spec, num_higher: int, device: torch.device):
+        """checkpoints: one artifact directory, or several (their probabilities averaged); num_higher: the
+        tasks the teacher speaks for (the first ones of the model being trained)."""
+        self.models = []
+        for path in checkpoints if isinstance(checkpoints, list) else [checkpoints]:
+            model = build_model(model_cfg, spec, num_higher, device="cpu")
+            load_unsharded(path, model, check=False)  # the stage verified the checkpoint already
+            self.models.append(model.eval().requires_grad_(False).to(device))
         self.num_higher = num_higher
 
     @torch.no_grad()
     def probabilities(self, kjt) -> torch.Tensor:
-        return torch.sigmoid(self.model(kjt).float())
+        return sum(torch.sigmoid(m(kjt).float()) for m in self.models) / len(self.models)
 
     def divergence(self, logits: torch.Tensor, kjt) -> torch.Tensor:
         """[num_higher] mean Bernoulli KL(teacher || current) of each higher task over the batch (zero
