@@ -172,7 +172,7 @@ def _train_stage(cfg: Config, stage: int, dataset_dir: str, out_dir: str, previo
     else:  # the paper's f_j <= f_j* + r_j on training batches
         bound, bound_tol = frozen, {j: tol[t] for j, t in enumerate(higher)}
     margin = 0.0
-    if stage > 0 and cfg.nmt.aim == "audit" and cfg.nmt.constraint_data == "paired":
+    if stage > 0 and cfg.nmt.aim == "audit" and cfg.nmt.constraint_data == "paired" and not distilled:
         rows = spec.rows_per_split()
         margin = paired.audit_margin(cfg.nmt.z, rows.get("valid", 0), rows.get("test", 0))
         log.info("%s: holds the higher tasks %.2f validation standard errors below level (nmt.aim: audit)",
